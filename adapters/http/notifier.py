@@ -1,0 +1,351 @@
+"""Deliver webhooks over HTTP: signed, retried over hours, every attempt recorded.
+
+Delivery is at least once: a receiver may see one event more than once and should drop
+duplicates by ``webhook-id``, which is the same on every attempt of one event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import inspect
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Literal
+
+import anyio
+import httpx
+from attrs import define, field, frozen
+
+from adapters.http.ssrf import (
+    Network,
+    WebhookRefused,
+    check_url,
+    literal_address,
+    parse_networks,
+    resolve_checked,
+)
+from engine.clock import Clock, SystemClock
+from engine.errors import ConfigError
+from engine.models import Notification, Webhook
+from engine.webhooks import encode_payload, headers_for, secret_key
+
+__all__ = ["DEFAULT_RETRY_SCHEDULE", "DeliveryAttempt", "DeliveryResult", "HttpNotifier"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait before each attempt: at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+#: A ``Retry-After`` longer than this (seconds) is capped, so one answer cannot park a delivery.
+MAX_RETRY_AFTER = 86400.0
+
+Outcome = Literal["delivered", "retry", "failed"]
+
+
+@frozen
+class DeliveryAttempt:
+    """One try at delivering one event.
+
+    ``outcome`` is ``delivered`` (a 2xx), ``retry`` (failed, another attempt follows at
+    ``retry_at``, a time on the notifier's clock) or ``failed`` (failed, and the last one).
+    ``at`` is when the attempt started (clock seconds); ``latency`` is how long it took (seconds).
+    """
+
+    event_id: str
+    execution_id: str
+    url: str
+    attempt: int
+    at: float
+    status_code: int | None
+    error: str | None
+    latency: float
+    outcome: Outcome
+    retry_at: float | None = None
+
+
+@frozen
+class DeliveryResult:
+    """How the delivery of one event ended."""
+
+    event_id: str
+    execution_id: str
+    delivered: bool
+    attempts: int
+    status_code: int | None = None
+    error: str | None = None
+
+
+@frozen
+class _Reply:
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    final: bool = False
+
+
+def _clock_or_system(clock: Clock | None) -> Clock:
+    return SystemClock() if clock is None else clock
+
+
+def _schedule(delays: Iterable[float]) -> tuple[float, ...]:
+    out = tuple(float(d) for d in delays)
+    if not out:
+        raise ConfigError("retry_schedule needs at least one entry (the first attempt's delay)")
+    if any(not d >= 0 for d in out):
+        raise ConfigError("retry_schedule delays must be >= 0 seconds")
+    return out
+
+
+def _networks(networks: Iterable[str | Network]) -> tuple[Network, ...]:
+    return parse_networks(networks)
+
+
+@define(kw_only=True)
+class HttpNotifier:
+    """The HTTP notifier port: POSTs each ending to its execution's webhook URL.
+
+    - ``retry_schedule``: seconds to wait before each attempt (its length is the number of
+      attempts), each jittered by up to ``±jitter`` of itself; ``Retry-After`` on a 429 or 503 is
+      honoured when it asks for longer. Only a 2xx counts; redirects are never followed; a 410
+      stops at once. Waits go through ``clock`` so tests can drive them by hand.
+    - Destinations in private, loopback, link-local and other non-public networks are refused
+      (final, no connection made) unless inside ``allowed_networks``; see
+      :mod:`adapters.http.ssrf`. The request goes to the address that was checked.
+    - ``client``: an ``httpx.AsyncClient`` to send with (its proxies, if any, apply). Without one,
+      each attempt uses a short-lived client that ignores proxy environment variables.
+    - Every attempt is appended to ``attempts`` and passed to ``on_attempt``; ``results`` maps
+      each event id to its :class:`DeliveryResult`. The secret is never logged or recorded.
+    """
+
+    _client: httpx.AsyncClient | None = None
+    _allowed_networks: tuple[Network, ...] = field(default=(), converter=_networks)
+    _retry_schedule: tuple[float, ...] = field(default=DEFAULT_RETRY_SCHEDULE, converter=_schedule)
+    _timeout: float = 15.0
+    _clock: Clock = field(default=None, converter=_clock_or_system)
+    _on_attempt: Callable[[DeliveryAttempt], Awaitable[None] | None] | None = None
+    _jitter: float = 0.1
+    attempts: list[DeliveryAttempt] = field(factory=list, init=False)
+    results: dict[str, DeliveryResult] = field(factory=dict, init=False)
+    _random: random.Random = field(factory=random.Random, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self._timeout > 0:
+            raise ConfigError("timeout must be > 0 seconds")
+        if not 0 <= self._jitter < 1:
+            raise ConfigError("jitter must be a fraction in [0, 1)")
+
+    async def notify(self, notification: Notification) -> None:
+        """Deliver ``notification`` to its webhook; return once delivered or given up."""
+        webhook = notification.webhook
+        if webhook is None:
+            return
+        result = await self._deliver(notification, webhook)
+        self.results[notification.event_id] = result
+
+    async def _deliver(self, notification: Notification, webhook: Webhook) -> DeliveryResult:
+        refusal: str | None = None
+        url: httpx.URL | None = None
+        body = b""
+        try:
+            body = encode_payload(notification.payload)
+            url = check_url(webhook.url)
+            if webhook.secret is not None:
+                secret_key(webhook.secret)
+        except WebhookRefused as exc:
+            refusal = str(exc)
+        except (TypeError, ValueError) as exc:  # a bad whsec_ secret (never echoed); bad payload
+            refusal = f"cannot deliver: {exc}"
+        shown_url = _without_credentials(webhook.url)
+
+        schedule = self._retry_schedule
+        deadline = self._clock.now() + self._jittered(schedule[0])
+        number = 0
+        last: _Reply = _Reply()
+        outcome: Outcome = "failed"
+        while number < len(schedule):
+            number += 1
+            await self._clock.sleep_until(deadline)
+            at = self._clock.now()
+            started = time.perf_counter()
+            if url is None or refusal is not None:
+                last = _Reply(error=refusal, final=True)
+            else:
+                headers = headers_for(
+                    body, webhook.secret, msg_id=notification.event_id, timestamp=int(at)
+                )
+                last = await self._attempt(url, body, headers)
+            latency = time.perf_counter() - started
+
+            delivered = last.status_code is not None and 200 <= last.status_code < 300
+            retry_at: float | None = None
+            if delivered:
+                outcome = "delivered"
+            elif last.final or number == len(schedule):
+                outcome = "failed"
+            else:
+                outcome = "retry"
+                delay = self._jittered(schedule[number])
+                if last.retry_after is not None:
+                    delay = max(delay, last.retry_after)
+                retry_at = deadline = self._clock.now() + delay
+            attempt = DeliveryAttempt(
+                event_id=notification.event_id,
+                execution_id=notification.execution_id,
+                url=shown_url,
+                attempt=number,
+                at=at,
+                status_code=last.status_code,
+                error=last.error,
+                latency=latency,
+                outcome=outcome,
+                retry_at=retry_at,
+            )
+            await self._record(attempt)
+            if outcome != "retry":
+                break
+        return DeliveryResult(
+            event_id=notification.event_id,
+            execution_id=notification.execution_id,
+            delivered=outcome == "delivered",
+            attempts=number,
+            status_code=last.status_code,
+            error=last.error,
+        )
+
+    def _jittered(self, delay: float) -> float:
+        if delay <= 0 or self._jitter == 0:
+            return delay
+        return delay * (1 + self._random.uniform(-self._jitter, self._jitter))
+
+    async def _record(self, attempt: DeliveryAttempt) -> None:
+        self.attempts.append(attempt)
+        log = logger.info if attempt.outcome == "delivered" else logger.warning
+        log(
+            "webhook %s for %s: attempt %d %s (status %s%s)",
+            attempt.event_id,
+            attempt.execution_id,
+            attempt.attempt,
+            attempt.outcome,
+            attempt.status_code,
+            f", {attempt.error}" if attempt.error else "",
+        )
+        if self._on_attempt is None:
+            return
+        try:
+            maybe = self._on_attempt(attempt)
+            if inspect.isawaitable(maybe):
+                await maybe
+        except Exception:  # a broken observer must not stop the delivery
+            logger.exception("on_attempt callback failed for webhook %s", attempt.event_id)
+
+    async def _attempt(self, url: httpx.URL, body: bytes, headers: dict[str, str]) -> _Reply:
+        """One POST within ``timeout`` (name resolution included); never raises httpx errors."""
+        reply: _Reply | None = None
+        async with self._client_for_attempt() as client:
+            with anyio.move_on_after(self._timeout):
+                reply = await self._post_safely(client, url, body, headers)
+        if reply is None:
+            reply = _Reply(error=f"timed out after {self._timeout:g}s")
+        return reply
+
+    async def _post_safely(
+        self, client: httpx.AsyncClient, url: httpx.URL, body: bytes, headers: dict[str, str]
+    ) -> _Reply:
+        try:
+            return await self._post(client, url, body, headers)
+        except WebhookRefused as exc:
+            return _Reply(error=str(exc), final=True)
+        except httpx.TimeoutException:
+            return _Reply(error=f"timed out after {self._timeout:g}s")
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            return _Reply(error=f"{type(exc).__name__}: {exc}")
+
+    async def _post(
+        self, client: httpx.AsyncClient, url: httpx.URL, body: bytes, headers: dict[str, str]
+    ) -> _Reply:
+        host = url.raw_host.decode("ascii")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        addresses = await resolve_checked(host, port, self._allowed_networks)
+        send_headers = {**headers, "Host": url.netloc.decode("ascii")}
+        extensions: dict[str, str] = {}
+        if url.scheme == "https":
+            # Verify TLS for the name, not the IP. No connection reuse: a pooled connection to this
+            # IP could have been verified for another name.
+            send_headers["Connection"] = "close"
+            if literal_address(host) is None:
+                extensions["sni_hostname"] = host
+        failure: httpx.ConnectError | None = None
+        for address in addresses:
+            request = client.build_request(
+                "POST",
+                url.copy_with(host=str(address)),
+                content=body,
+                headers=send_headers,
+                timeout=self._timeout,
+                extensions=extensions,
+            )
+            try:
+                response = await client.send(request, stream=True, follow_redirects=False)
+            except httpx.ConnectError as exc:
+                failure = exc  # try the host's next address, if any
+                continue
+            try:
+                return self._judge(response)
+            finally:
+                await response.aclose()
+        raise failure if failure is not None else OSError(f"{host} has no address")
+
+    def _judge(self, response: httpx.Response) -> _Reply:
+        status = response.status_code
+        if 200 <= status < 300:
+            return _Reply(status_code=status)
+        if status == 410:
+            return _Reply(
+                status_code=status, error="HTTP 410 Gone: receiver asked to stop", final=True
+            )
+        if 300 <= status < 400:
+            return _Reply(status_code=status, error=f"HTTP {status}: redirects are not followed")
+        retry_after = None
+        if status in (429, 503):
+            retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.now())
+        return _Reply(status_code=status, error=f"HTTP {status}", retry_after=retry_after)
+
+    @contextlib.asynccontextmanager
+    async def _client_for_attempt(self) -> AsyncIterator[httpx.AsyncClient]:
+        if self._client is not None:
+            yield self._client
+            return
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+            yield client
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` as recorded in attempts: any ``user:password@`` is masked."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url
+    if not parsed.userinfo:
+        return url
+    return str(parsed.copy_with(username="***", password=None))
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait per a ``Retry-After`` header (delay-seconds or HTTP-date), capped."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - now
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)

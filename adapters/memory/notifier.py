@@ -1,0 +1,33 @@
+"""A notifier that keeps what it is told, for tests and for hosts that poll."""
+
+from __future__ import annotations
+
+import anyio
+from attrs import define, field
+
+from engine.models import Notification
+
+
+@define
+class RecordingNotifier:
+    """Records every notification in ``deliveries``, in order; ``wait_for(n)`` waits for n."""
+
+    deliveries: list[Notification] = field(factory=list, init=False)
+    _arrived: anyio.Event = field(factory=anyio.Event, init=False)
+
+    async def notify(self, notification: Notification) -> None:
+        self.deliveries.append(notification)
+        self._arrived.set()
+        self._arrived = anyio.Event()
+
+    async def wait_for(self, count: int) -> list[Notification]:
+        """Wait until at least ``count`` notifications have arrived; return them all."""
+        while len(self.deliveries) < count:
+            await self._arrived.wait()
+        return list(self.deliveries)
+
+    def for_execution(self, execution_id: str) -> list[Notification]:
+        return [d for d in self.deliveries if d.execution_id == execution_id]
+
+    def reset(self) -> None:
+        self.deliveries.clear()

@@ -1,0 +1,117 @@
+"""The SQLite store's schema and its migrations.
+
+A store file is recognised by two header fields:
+
+- ``PRAGMA application_id`` is :data:`APPLICATION_ID` (ASCII ``VFLW``). A file with another
+  application id, or with id 0 but a non-empty schema or a non-zero ``user_version``, belongs to
+  someone else and is never touched.
+- ``PRAGMA user_version`` is the schema version: how many entries of :data:`MIGRATIONS` have been
+  applied. A file with a higher version than this code knows was written by a newer release and
+  is refused rather than misread.
+
+Each migration is a tuple of single SQL statements run, in order, inside the opening
+``BEGIN IMMEDIATE`` transaction, so two processes opening one new file migrate it once. Add a
+migration by appending to :data:`MIGRATIONS`; never edit one that has shipped.
+
+Layout (version 1):
+
+- ``executions``: one row per execution. ``seq`` (an ``INTEGER PRIMARY KEY``, stable under
+  ``VACUUM``) is the insertion order, which ``unfinished()`` returns. Results and errors are the
+  wire JSON of :class:`~engine.models.Video` and :class:`~engine.models.ErrorInfo`.
+  ``(tenant, idempotency_key)`` is unique when the key is set; the index keys on
+  ``(tenant IS NULL, ifnull(tenant, ''))`` so that "no tenant" is one scope of its own, distinct
+  from a tenant named ``''``.
+- ``jobs``: one row per job; ``(execution_id, position)`` orders an execution's jobs for
+  ``get()``, ``(execution_id, job_id)`` finds one for an update.
+- ``execution_counts``: executions per status, kept by triggers, so ``counts()`` is a read of a
+  few rows instead of a scan of every execution.
+"""
+
+from __future__ import annotations
+
+#: ``PRAGMA application_id`` of every store file: ASCII ``VFLW`` as a big-endian 32-bit integer.
+APPLICATION_ID = 0x56464C57
+
+_V1 = (
+    """
+    CREATE TABLE executions (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        tenant TEXT,
+        idempotency_key TEXT,
+        fingerprint TEXT,
+        base_execution_id TEXT,
+        webhook_url TEXT,
+        webhook_secret TEXT,
+        result TEXT,
+        error TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        completed_at REAL,
+        generation INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    """
+    CREATE UNIQUE INDEX executions_by_idempotency_key
+    ON executions (tenant IS NULL, ifnull(tenant, ''), idempotency_key)
+    WHERE idempotency_key IS NOT NULL
+    """,
+    """
+    CREATE INDEX executions_unfinished
+    ON executions (seq)
+    WHERE status IN ('pending', 'processing')
+    """,
+    """
+    CREATE TABLE jobs (
+        execution_id TEXT NOT NULL REFERENCES executions (id),
+        job_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        params TEXT NOT NULL,
+        depends_on TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        result TEXT,
+        error TEXT,
+        PRIMARY KEY (execution_id, job_id)
+    )
+    """,
+    "CREATE UNIQUE INDEX jobs_by_position ON jobs (execution_id, position)",
+    """
+    CREATE TABLE execution_counts (
+        status TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TRIGGER execution_counts_insert AFTER INSERT ON executions
+    BEGIN
+        INSERT OR IGNORE INTO execution_counts (status, n) VALUES (NEW.status, 0);
+        UPDATE execution_counts SET n = n + 1 WHERE status = NEW.status;
+    END
+    """,
+    """
+    CREATE TRIGGER execution_counts_update AFTER UPDATE OF status ON executions
+    WHEN OLD.status IS NOT NEW.status
+    BEGIN
+        UPDATE execution_counts SET n = n - 1 WHERE status = OLD.status;
+        INSERT OR IGNORE INTO execution_counts (status, n) VALUES (NEW.status, 0);
+        UPDATE execution_counts SET n = n + 1 WHERE status = NEW.status;
+    END
+    """,
+    """
+    CREATE TRIGGER execution_counts_delete AFTER DELETE ON executions
+    BEGIN
+        UPDATE execution_counts SET n = n - 1 WHERE status = OLD.status;
+    END
+    """,
+)
+
+#: ``MIGRATIONS[i]`` takes a file from schema version ``i`` to ``i + 1``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+
+#: The schema version this code writes: the number of migrations.
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,762 @@
+"""A durable store in one SQLite file, shared safely by several processes.
+
+One writer connection, one reader connection (WAL lets reads go on while a write commits), and a
+writer task that batches concurrent writes into one transaction: group commit. Every
+``sqlite3`` error is translated into a :class:`~engine.errors.StorageError` naming the file and
+the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import aiosqlite
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from attrs import define, field
+
+from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from engine.errors import ConfigError, IdempotencyConflict, StorageError
+from engine.models import (
+    Change,
+    ErrorInfo,
+    Execution,
+    ExecutionUpdate,
+    JobInfo,
+    JobUpdate,
+    Video,
+    Webhook,
+)
+from engine.wire import error_from_json, error_to_json, video_from_json, video_to_json
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+#: The most create/apply calls one write transaction takes.
+MAX_GROUP = 1024
+
+_Row = tuple[Any, ...]
+
+_EXECUTION_COLUMNS = (
+    "e.id, e.status, e.created_at, e.base_execution_id, e.webhook_url, e.webhook_secret, "
+    "e.result, e.error, e.started_at, e.completed_at, e.tenant, e.idempotency_key, e.generation"
+)
+_JOB_COLUMNS = (
+    "j.job_id, j.type, j.params, j.depends_on, j.status, j.attempts, j.started_at, "
+    "j.finished_at, j.result, j.error"
+)
+_N_EXECUTION_COLUMNS = 13
+
+_SELECT_ONE = f"""
+    SELECT {_EXECUTION_COLUMNS}, {_JOB_COLUMNS}
+    FROM executions AS e LEFT JOIN jobs AS j ON j.execution_id = e.id
+    WHERE e.id = ?
+    ORDER BY j.position
+"""
+_SELECT_UNFINISHED = f"""
+    SELECT {_EXECUTION_COLUMNS}, {_JOB_COLUMNS}
+    FROM executions AS e LEFT JOIN jobs AS j ON j.execution_id = e.id
+    WHERE e.status IN ('pending', 'processing')
+    ORDER BY e.seq, j.position
+"""
+_SELECT_COUNTS = "SELECT status, n FROM execution_counts WHERE n != 0"
+# Its terms match the expressions of the index executions_by_idempotency_key, so it uses it.
+_FIND_KEY = """
+    SELECT id, fingerprint FROM executions
+    WHERE (tenant IS NULL) = ? AND ifnull(tenant, '') = ? AND idempotency_key = ?
+"""
+_INSERT_EXECUTION = """
+    INSERT INTO executions (
+        id, status, tenant, idempotency_key, fingerprint, base_execution_id, webhook_url,
+        webhook_secret, result, error, created_at, started_at, completed_at, generation
+    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_JOB = """
+    INSERT INTO jobs (
+        execution_id, job_id, position, type, params, depends_on, status, attempts,
+        started_at, finished_at, result, error
+    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_UPDATE_JOB = """
+    UPDATE jobs SET status = ?, attempts = ?, started_at = ?, finished_at = ?, result = ?,
+        error = ?
+    WHERE execution_id = ? AND job_id = ?
+"""
+_UPDATE_EXECUTION = """
+    UPDATE executions SET status = ?, started_at = ?, completed_at = ?, result = ?, error = ?,
+        generation = ?
+    WHERE id = ?
+"""
+
+_HINTS = {
+    "SQLITE_CANTOPEN": "cannot open the file (missing directory, a directory, or no permission)",
+    "SQLITE_NOTADB": "not an SQLite database (corrupt, encrypted or another kind of file)",
+    "SQLITE_CORRUPT": "the database file is corrupt",
+    "SQLITE_READONLY": "the file is read-only",
+    "SQLITE_PERM": "permission denied",
+    "SQLITE_AUTH": "permission denied",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "disk I/O error",
+    "SQLITE_CONSTRAINT": "a constraint was violated",
+}
+
+
+@define
+class WriterStats:
+    """What the writer task has done since the store was created; for inspection and tests.
+
+    ``requests / transactions`` is how well group commit batches: many concurrent ``apply``
+    calls share one transaction (and one fsync).
+    """
+
+    #: Write transactions committed (create and apply; not the schema check at ``open``).
+    transactions: int = 0
+    #: Write transactions rolled back.
+    rollbacks: int = 0
+    #: ``create`` and ``apply`` calls the writer has finished, with success or an error.
+    requests: int = 0
+    #: The most calls one committed transaction has held.
+    largest_group: int = 0
+
+
+@define(eq=False)
+class _NewExecution:
+    execution: Execution
+    fingerprint: str | None
+    row: _Row
+    job_rows: list[_Row]
+
+
+@define(eq=False)
+class _Write:
+    """One ``create`` or ``apply`` call, queued for the writer task."""
+
+    new: _NewExecution | None = None
+    job_rows: list[_Row] = field(factory=list)
+    execution_rows: list[_Row] = field(factory=list)
+    done: anyio.Event = field(factory=anyio.Event)
+    #: The caller gave up (was cancelled) before the writer took it: skip it.
+    abandoned: bool = False
+    outcome: Execution | None = None
+    error: Exception | None = None
+
+
+class _WholeGroup(Exception):
+    """``BEGIN`` or ``COMMIT`` failed: the cause is the store's, not one call's."""
+
+    def __init__(self, cause: sqlite3.Error) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _UnknownTargets(Exception):
+    """An ``apply`` names an execution or job that is not stored."""
+
+
+def _to_path(value: str | os.PathLike[str]) -> Path:
+    return Path(os.fspath(value))
+
+
+def _check_synchronous(_instance: object, _attribute: object, value: str) -> None:
+    if value not in ("FULL", "NORMAL"):
+        raise ConfigError(f"synchronous must be 'FULL' or 'NORMAL', not {value!r}")
+
+
+def _check_busy_timeout(_instance: object, _attribute: object, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"busy_timeout must be a finite number of seconds >= 0, not {value!r}")
+
+
+@define
+class SqliteStorage:
+    """The :class:`~engine.ports.Storage` port on one SQLite file, through ``aiosqlite``.
+
+    ``open()`` connects, checks the file is a store of this library (or empty, and then makes it
+    one), migrates an older schema and starts the writer task; ``close()`` writes what is queued,
+    stops the writer and closes the connections. ``open()`` and ``close()`` must be called by the
+    same task (they enter and leave the writer's task group); ``async with SqliteStorage(path)``
+    does that.
+
+    The file is in WAL journal mode. ``synchronous="FULL"`` (the default) makes every
+    acknowledged write durable, also across a power loss. ``synchronous="NORMAL"`` saves an fsync
+    per transaction, but on power loss (not on a process crash) the last transactions may be
+    lost, which breaks "nothing acknowledged is lost".
+
+    ``busy_timeout`` (seconds) is how long to wait for another process's write lock before
+    failing with :class:`~engine.errors.StorageError`.
+
+    Writes go through one writer task: concurrent ``create`` and ``apply`` calls are batched into
+    one ``BEGIN IMMEDIATE`` transaction (group commit), and each call returns only once the
+    transaction holding it has committed. When a call in a batch fails, the batch is rolled back
+    and each of its calls is retried alone, so one bad call fails only itself. ``stats`` counts
+    transactions and calls. Several processes (or several instances) may use one file at once.
+
+    An execution's webhook secret is stored (it is needed to sign deliveries) and never logged.
+    """
+
+    path: Path = field(converter=_to_path)
+    synchronous: Synchronous = field(default="FULL", kw_only=True, validator=_check_synchronous)
+    busy_timeout: float = field(default=5.0, kw_only=True, validator=_check_busy_timeout)
+    stats: WriterStats = field(factory=WriterStats, init=False)
+    _writer: aiosqlite.Connection | None = field(default=None, init=False, repr=False)
+    _reader: aiosqlite.Connection | None = field(default=None, init=False, repr=False)
+    _send: MemoryObjectSendStream[_Write] | None = field(default=None, init=False, repr=False)
+    _task_group: TaskGroup | None = field(default=None, init=False, repr=False)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SqliteStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect, check or create the schema, and start the writer task. Idempotent."""
+        if self._task_group is not None:
+            return
+        self._check_path()
+        try:
+            self._writer = await self._connect()
+            await self._prepare(self._writer)
+            self._reader = await self._connect()
+            await self._reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            await self._close_connections()
+            raise self._error("cannot open", exc) from exc
+        except BaseException:
+            await self._close_connections()
+            raise
+        send, receive = anyio.create_memory_object_stream[_Write](math.inf)
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        task_group.start_soon(self._write_loop, self._writer, receive, name=f"writer {self.path}")
+        self._send, self._task_group = send, task_group
+
+    async def close(self) -> None:
+        """Commit every queued write, stop the writer task and close the connections."""
+        task_group, send = self._task_group, self._send
+        if task_group is None or send is None:
+            return
+        self._task_group = self._send = None
+        send.close()  # the writer drains what is queued, then ends
+        try:
+            await task_group.__aexit__(None, None, None)
+        finally:
+            await self._close_connections()
+
+    def _check_path(self) -> None:
+        text = str(self.path)
+        if text in ("", ":memory:") or text.startswith("file:"):
+            raise ConfigError(
+                f"SqliteStorage needs a file path, not {text!r}; use MemoryStorage for a "
+                "store in memory"
+            )
+        if self.path.is_dir():
+            raise StorageError(f"cannot open SQLite store {self.path}: it is a directory")
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise StorageError(
+                f"cannot open SQLite store {self.path}: directory {parent} does not exist"
+            )
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise StorageError(f"cannot open SQLite store {self.path}: the file is read-only")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        return await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+
+    async def _prepare(self, conn: aiosqlite.Connection) -> None:
+        """Check the file is ours (or empty), set the pragmas, create or migrate the schema."""
+        self._check_header(*await self._header(conn))  # before changing anything in the file
+        rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+        mode = str(rows[0][0]).lower() if rows else "unknown"
+        if mode != "wal":
+            raise StorageError(
+                f"cannot open SQLite store {self.path}: it cannot use WAL journal mode "
+                f"(SQLite kept {mode!r}); is it on a network file system?"
+            )
+        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Again, under the write lock: another process may have migrated it meanwhile.
+            _, version, _ = header = await self._header(conn)
+            self._check_header(*header)
+            for migration in MIGRATIONS[version:]:
+                for statement in migration:
+                    await conn.execute(statement)
+            await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            # Written even when unchanged: it proves, now, that the file can be written.
+            await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await _rollback(conn)
+            raise
+
+    @staticmethod
+    async def _header(conn: aiosqlite.Connection) -> tuple[int, int, int]:
+        (application_id,), *_ = await conn.execute_fetchall("PRAGMA application_id")
+        (version,), *_ = await conn.execute_fetchall("PRAGMA user_version")
+        (objects,), *_ = await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
+        return int(application_id), int(version), int(objects)
+
+    def _check_header(self, application_id: int, version: int, objects: int) -> None:
+        if application_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"cannot open SQLite store {self.path}: it was written by a newer version "
+                    f"of this library (schema version {version}; this version knows up to "
+                    f"{SCHEMA_VERSION}); upgrade the library to use it"
+                )
+            return
+        if application_id == 0 and version == 0 and objects == 0:
+            return  # a new or empty file: it becomes a store
+        raise StorageError(
+            f"cannot open SQLite store {self.path}: it is an SQLite database of another "
+            f"application (application_id {application_id}, user_version {version}, "
+            f"{objects} schema objects), not a store of this library; it was left untouched"
+        )
+
+    async def _close_connections(self) -> None:
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        with anyio.CancelScope(shield=True):
+            for conn in (reader, writer):
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):  # closing: nothing to protect
+                        await conn.close()
+
+    async def pragmas(self) -> dict[str, int | str]:
+        """The writer connection's settings and the file's header fields, for inspection."""
+        writer = self._writer
+        if writer is None:
+            raise StorageError(f"SQLite store {self.path} is not open")
+        names = (
+            "journal_mode",
+            "synchronous",
+            "busy_timeout",
+            "foreign_keys",
+            "application_id",
+            "user_version",
+        )
+        settings: dict[str, int | str] = {}
+        try:
+            for name in names:
+                rows = list(await writer.execute_fetchall(f"PRAGMA {name}"))
+                settings[name] = rows[0][0]
+        except sqlite3.Error as exc:
+            raise self._error("cannot read", exc) from exc
+        return settings
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get(self, execution_id: str) -> Execution | None:
+        executions = _assemble(await self._read(_SELECT_ONE, (execution_id,)))
+        return executions[0] if executions else None
+
+    async def unfinished(self) -> list[Execution]:
+        return _assemble(await self._read(_SELECT_UNFINISHED, ()))
+
+    async def counts(self) -> dict[str, int]:
+        return {str(status): int(n) for status, n in await self._read(_SELECT_COUNTS, ())}
+
+    async def _read(self, sql: str, parameters: _Row) -> list[sqlite3.Row]:
+        reader = self._reader
+        if reader is None:
+            raise StorageError(f"SQLite store {self.path} is not open")
+        try:
+            return list(await reader.execute_fetchall(sql, parameters))
+        except sqlite3.Error as exc:
+            raise self._error("cannot read", exc) from exc
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def create(self, execution: Execution, fingerprint: str | None = None) -> Execution:
+        new = _NewExecution(
+            execution, fingerprint, _execution_row(execution, fingerprint), _job_rows(execution)
+        )
+        write = await self._submit(_Write(new=new))
+        if write.outcome is None:  # pragma: no cover - the writer sets one or the other
+            raise StorageError(f"SQLite store {self.path}: create returned nothing")
+        return write.outcome
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        write = _Write()
+        for change in changes:
+            if isinstance(change, JobUpdate):
+                write.job_rows.append(_job_update_row(change))
+            else:
+                write.execution_rows.append(_execution_update_row(change))
+        await self._submit(write)
+
+    async def _submit(self, write: _Write) -> _Write:
+        send = self._send
+        if send is None:
+            raise StorageError(f"SQLite store {self.path} is not open")
+        try:
+            send.send_nowait(write)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise StorageError(f"SQLite store {self.path} is closed") from exc
+        try:
+            await write.done.wait()
+        except anyio.get_cancelled_exc_class():
+            # Not yet taken by the writer: it is dropped. Already taken: it commits anyway, and
+            # the caller, cancelled, cannot know; every change is safe to apply again.
+            write.abandoned = True
+            raise
+        if write.error is not None:
+            raise write.error
+        return write
+
+    async def _write_loop(
+        self, conn: aiosqlite.Connection, receive: MemoryObjectReceiveStream[_Write]
+    ) -> None:
+        async with receive:
+            async for first in receive:
+                group = [first]
+                while len(group) < MAX_GROUP:
+                    try:
+                        group.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                group = [write for write in group if not write.abandoned]
+                if group:
+                    # Never leave a transaction half done, even when the host is cancelled.
+                    with anyio.CancelScope(shield=True):
+                        await self._commit(conn, group)
+
+    async def _commit(self, conn: aiosqlite.Connection, group: list[_Write]) -> None:
+        try:
+            outcomes = await self._transaction(conn, group)
+        except _WholeGroup as exc:
+            self.stats.rollbacks += 1
+            for write in group:
+                self._finish(write, error=self._error("cannot write to", exc.cause))
+            return
+        except Exception as exc:
+            self.stats.rollbacks += 1
+            if len(group) == 1:
+                self._finish(group[0], error=self._failure(exc))
+                return
+            for write in group:  # find the culprit: each alone, so the others still commit
+                await self._commit(conn, [write])
+            return
+        self.stats.transactions += 1
+        self.stats.largest_group = max(self.stats.largest_group, len(group))
+        for write, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._finish(write, error=outcome)
+            else:
+                self._finish(write, outcome=outcome)
+
+    def _finish(
+        self,
+        write: _Write,
+        *,
+        outcome: Execution | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        write.outcome, write.error = outcome, error
+        self.stats.requests += 1
+        write.done.set()
+
+    async def _transaction(
+        self, conn: aiosqlite.Connection, group: list[_Write]
+    ) -> list[Execution | IdempotencyConflict | None]:
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _WholeGroup(exc) from exc
+        try:
+            outcomes: list[Execution | IdempotencyConflict | None] = []
+            job_rows: list[_Row] = []
+            execution_rows: list[_Row] = []
+            for write in group:
+                if write.new is None:
+                    job_rows += write.job_rows
+                    execution_rows += write.execution_rows
+                    outcomes.append(None)
+                    continue
+                # Keep the callers' order: updates queued before this create are written first.
+                await _update(conn, job_rows, execution_rows)
+                job_rows, execution_rows = [], []
+                outcomes.append(await self._insert(conn, write.new))
+            await _update(conn, job_rows, execution_rows)
+        except BaseException:
+            await _rollback(conn)
+            raise
+        try:
+            await conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            await _rollback(conn)
+            raise _WholeGroup(exc) from exc
+        return outcomes
+
+    async def _insert(
+        self, conn: aiosqlite.Connection, new: _NewExecution
+    ) -> Execution | IdempotencyConflict:
+        execution = new.execution
+        key = execution.idempotency_key
+        if key is not None:
+            tenant = execution.tenant
+            found = list(
+                await conn.execute_fetchall(_FIND_KEY, (tenant is None, tenant or "", key))
+            )
+            if found:
+                existing_id, existing_fingerprint = found[0]
+                if existing_fingerprint != new.fingerprint:
+                    return IdempotencyConflict(
+                        f"idempotency key {key!r} was already used with a different request"
+                    )
+                stored = _assemble(await conn.execute_fetchall(_SELECT_ONE, (existing_id,)))
+                return stored[0]
+        await conn.execute(_INSERT_EXECUTION, new.row)
+        await conn.executemany(_INSERT_JOB, new.job_rows)
+        return execution
+
+    # --- errors -------------------------------------------------------------------------------
+
+    def _failure(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.Error):
+            return self._error("cannot write to", exc)
+        if isinstance(exc, _UnknownTargets):
+            error = StorageError(f"cannot apply changes to SQLite store {self.path}: {exc}")
+            error.__cause__ = exc
+            return error
+        return exc
+
+    def _error(self, doing: str, exc: sqlite3.Error) -> StorageError:
+        name = getattr(exc, "sqlite_errorname", "")
+        hint = _HINTS.get(name) or _HINTS.get(f"SQLITE_{_family(name)}")
+        if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
+            hint = (
+                "the file stayed locked by another connection for longer than busy_timeout "
+                f"({self.busy_timeout:g} s)"
+            )
+        cause = f"{hint} ({exc})" if hint else str(exc)
+        error = StorageError(f"{doing} SQLite store {self.path}: {cause}")
+        error.__cause__ = exc
+        return error
+
+
+def _family(name: str) -> str:
+    """``SQLITE_IOERR_FSYNC`` -> ``IOERR``: extended result codes share their primary's hint."""
+    parts = name.split("_")
+    return parts[1] if len(parts) > 1 else ""
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # Errors mean SQLite already rolled back (or nothing had begun).
+    with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+        await conn.execute("ROLLBACK")
+
+
+async def _update(
+    conn: aiosqlite.Connection, job_rows: list[_Row], execution_rows: list[_Row]
+) -> None:
+    """Write updates; every targeted row must exist, so that a bad ``apply`` writes nothing."""
+    if job_rows:
+        cursor = await conn.executemany(_UPDATE_JOB, job_rows)
+        if cursor.rowcount != len(job_rows):
+            raise await _unknown_targets(conn, job_rows, execution_rows)
+    if execution_rows:
+        cursor = await conn.executemany(_UPDATE_EXECUTION, execution_rows)
+        if cursor.rowcount != len(execution_rows):
+            raise await _unknown_targets(conn, job_rows, execution_rows)
+
+
+async def _unknown_targets(
+    conn: aiosqlite.Connection, job_rows: list[_Row], execution_rows: list[_Row]
+) -> _UnknownTargets:
+    missing: list[str] = []
+    for row in job_rows:
+        execution_id, job_id = row[-2], row[-1]
+        found = await conn.execute_fetchall(
+            "SELECT 1 FROM jobs WHERE execution_id = ? AND job_id = ?", (execution_id, job_id)
+        )
+        if not list(found):
+            missing.append(f"job {job_id!r} of execution {execution_id!r}")
+    for row in execution_rows:
+        found = await conn.execute_fetchall("SELECT 1 FROM executions WHERE id = ?", (row[-1],))
+        if not list(found):
+            missing.append(f"execution {row[-1]!r}")
+    unique = list(dict.fromkeys(missing))
+    shown = ", ".join(unique[:5]) + (f" and {len(unique) - 5} more" if len(unique) > 5 else "")
+    return _UnknownTargets(f"no such {shown}; nothing was applied")
+
+
+# --- rows <-> models --------------------------------------------------------------------------
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"cannot store {what}: it is not JSON ({exc})") from exc
+
+
+def _video(video: Video | None) -> str | None:
+    return None if video is None else _dumps(video_to_json(video), "a video")
+
+
+def _error_json(error: ErrorInfo | None) -> str | None:
+    return None if error is None else _dumps(error_to_json(error), "an error")
+
+
+def _execution_row(execution: Execution, fingerprint: str | None) -> _Row:
+    webhook = execution.webhook
+    return (
+        execution.id,
+        execution.status,
+        execution.tenant,
+        execution.idempotency_key,
+        fingerprint,
+        execution.base_execution_id,
+        None if webhook is None else webhook.url,
+        None if webhook is None else webhook.secret,
+        _video(execution.result),
+        _error_json(execution.error),
+        execution.created_at,
+        execution.started_at,
+        execution.completed_at,
+        execution.generation,
+    )
+
+
+def _job_rows(execution: Execution) -> list[_Row]:
+    return [
+        (
+            execution.id,
+            job.id,
+            position,
+            job.type,
+            _dumps(dict(job.params), f"the params of job {job.id!r}"),
+            _dumps(list(job.depends_on), f"the dependencies of job {job.id!r}"),
+            job.status,
+            job.attempts,
+            job.started_at,
+            job.finished_at,
+            _video(job.result),
+            _error_json(job.error),
+        )
+        for position, job in enumerate(execution.jobs)
+    ]
+
+
+def _job_update_row(change: JobUpdate) -> _Row:
+    return (
+        change.status,
+        change.attempts,
+        change.started_at,
+        change.finished_at,
+        _video(change.result),
+        _error_json(change.error),
+        change.execution_id,
+        change.job_id,
+    )
+
+
+def _execution_update_row(change: ExecutionUpdate) -> _Row:
+    return (
+        change.status,
+        change.started_at,
+        change.completed_at,
+        _video(change.result),
+        _error_json(change.error),
+        change.generation,
+        change.execution_id,
+    )
+
+
+def _assemble(rows: Iterable[sqlite3.Row | _Row]) -> list[Execution]:
+    """Executions from joined rows (execution columns, then job columns), in row order."""
+    executions: list[Execution] = []
+    head: _Row | None = None
+    jobs: list[JobInfo] = []
+    for row in rows:
+        values = tuple(row)
+        if head is None or values[0] != head[0]:
+            if head is not None:
+                executions.append(_execution(head, jobs))
+            head, jobs = values[:_N_EXECUTION_COLUMNS], []
+        if values[_N_EXECUTION_COLUMNS] is not None:
+            jobs.append(_job(values[_N_EXECUTION_COLUMNS:]))
+    if head is not None:
+        executions.append(_execution(head, jobs))
+    return executions
+
+
+def _execution(row: _Row, jobs: list[JobInfo]) -> Execution:
+    (
+        execution_id,
+        status,
+        created_at,
+        base_execution_id,
+        webhook_url,
+        webhook_secret,
+        result,
+        error,
+        started_at,
+        completed_at,
+        tenant,
+        idempotency_key,
+        generation,
+    ) = row
+    return Execution(
+        id=execution_id,
+        status=status,
+        jobs=tuple(jobs),
+        created_at=created_at,
+        base_execution_id=base_execution_id,
+        webhook=None if webhook_url is None else Webhook(webhook_url, webhook_secret),
+        result=None if result is None else video_from_json(json.loads(result)),
+        error=None if error is None else error_from_json(json.loads(error)),
+        started_at=started_at,
+        completed_at=completed_at,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        generation=generation,
+    )
+
+
+def _job(row: _Row) -> JobInfo:
+    (
+        job_id,
+        type_,
+        params,
+        depends_on,
+        status,
+        attempts,
+        started_at,
+        finished_at,
+        result,
+        error,
+    ) = row
+    return JobInfo(
+        id=job_id,
+        type=type_,
+        params=json.loads(params),
+        depends_on=tuple(json.loads(depends_on)),
+        status=status,
+        attempts=attempts,
+        started_at=started_at,
+        finished_at=finished_at,
+        result=None if result is None else video_from_json(json.loads(result)),
+        error=None if error is None else error_from_json(json.loads(error)),
+    )

@@ -1,0 +1,628 @@
+"""The Engine: the scheduler, a pool of workers and the four ports, owned by one task group."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import math
+import random
+import secrets
+import statistics
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from attrs import frozen
+
+from engine.clock import Clock, SystemClock
+from engine.errors import (
+    EngineError,
+    InvalidState,
+    PlanError,
+    Problem,
+    ProviderError,
+    UnknownExecution,
+)
+from engine.models import (
+    TERMINAL,
+    Execution,
+    JobRef,
+    Notification,
+    Progress,
+    StatusReport,
+    Webhook,
+)
+from engine.plan import ExecutionPlan
+from engine.ports import JobQueue, Notifier, Storage, VideoProvider
+from engine.retry import RetryPolicy
+from engine.scheduler import Ended, ExternalBase, Scheduler, Step, job_infos
+from engine.webhooks import payload_for
+
+log = logging.getLogger("engine")
+
+
+class Listener(Protocol):
+    """Receives one execution's events, in order, after they are written."""
+
+    def progress(self, progress: Progress) -> None: ...
+
+    def ended(self, ended: Ended) -> None: ...
+
+
+@frozen
+class EngineMetrics:
+    """A snapshot of what the engine has done. Durations are seconds on the engine's clock."""
+
+    executions: Mapping[str, int]
+    success_rate: float | None
+    duration_p50: float | None
+    duration_p95: float | None
+    attempts: int
+    retries: int
+    jobs_completed: int
+    jobs_failed: int
+    queue_depth: int
+    live_executions: int
+    live_jobs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "executions": dict(self.executions),
+            "successRate": self.success_rate,
+            "durationP50": self.duration_p50,
+            "durationP95": self.duration_p95,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "jobsCompleted": self.jobs_completed,
+            "jobsFailed": self.jobs_failed,
+            "queueDepth": self.queue_depth,
+            "liveExecutions": self.live_executions,
+            "liveJobs": self.live_jobs,
+        }
+
+
+class Engine:
+    """Runs executions: ``async with Engine.in_memory(provider=...) as engine: ...``.
+
+    Options: ``concurrency`` (workers, default 4), ``retry`` (a :class:`RetryPolicy`),
+    ``clock`` (a :class:`~engine.clock.Clock`; tests pass a ``ManualClock``), ``seed`` (for
+    the retry jitter).
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        queue: JobQueue,
+        provider: VideoProvider,
+        notifier: Notifier | None = None,
+        concurrency: int = 4,
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            from engine.errors import ConfigError
+
+            raise ConfigError("concurrency must be a positive integer")
+        self.storage = storage
+        self.queue = queue
+        self.provider = provider
+        self.notifier = notifier
+        self.concurrency = concurrency
+        self.clock: Clock = clock or SystemClock()
+        self.scheduler = Scheduler(retry=retry or RetryPolicy(), rng=random.Random(seed))
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._running: dict[JobRef, anyio.CancelScope] = {}
+        self._retry_heap: list[tuple[float, int, JobRef]] = []
+        self._retry_seq = 0
+        self._timer_wake = anyio.Event()
+        self._listeners: dict[str, list[Listener]] = {}
+        self._durations: deque[float] = deque(maxlen=10_000)
+        self._valid_plans: dict[tuple[int, bool], ExecutionPlan] = {}
+        self._notify_send: MemoryObjectSendStream[Notification] | None = None
+        self._notify_receive: MemoryObjectReceiveStream[Notification] | None = None
+
+    # --- factories --------------------------------------------------------------------------------
+
+    @classmethod
+    def in_memory(
+        cls,
+        provider: VideoProvider | None = None,
+        notifier: Notifier | None = None,
+        **options: Any,
+    ) -> Engine:
+        """An engine whose state lives in this process only. Default provider: the fake one."""
+        from adapters.memory import FakeVideoProvider, MemoryQueue, MemoryStorage
+
+        return cls(
+            storage=MemoryStorage(keep_journal=options.pop("keep_journal", False)),
+            queue=MemoryQueue(),
+            provider=provider or FakeVideoProvider(),
+            notifier=notifier if notifier is not None else _default_notifier(),
+            **options,
+        )
+
+    @classmethod
+    def sqlite(
+        cls,
+        path: str,
+        provider: VideoProvider | None = None,
+        notifier: Notifier | None = None,
+        **options: Any,
+    ) -> Engine:
+        """An engine on one SQLite file: every acknowledged execution survives a crash."""
+        from adapters.memory import FakeVideoProvider, MemoryQueue
+        from adapters.sqlite import SqliteStorage
+
+        storage_options = {
+            key: options.pop(key) for key in ("synchronous", "busy_timeout") if key in options
+        }
+        return cls(
+            storage=SqliteStorage(path, **storage_options),
+            queue=MemoryQueue(),
+            provider=provider or FakeVideoProvider(),
+            notifier=notifier if notifier is not None else _default_notifier(),
+            **options,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.storage.open()
+        self._notify_send, self._notify_receive = anyio.create_memory_object_stream[Notification](
+            math.inf
+        )
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        try:
+            await self._recover()
+            for _ in range(self.concurrency):
+                task_group.start_soon(self._worker)
+            task_group.start_soon(self._timer)
+            task_group.start_soon(self._notify_loop)
+        except BaseException:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+            await self.storage.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        task_group = self._require_started()
+        task_group.cancel_scope.cancel()
+        try:
+            # The host's own exception, if any, propagates as it is, not wrapped in a group.
+            await task_group.__aexit__(None, None, None)
+            return None
+        finally:
+            self._task_group = None
+            if self._notify_send is not None:
+                self._notify_send.close()
+            if self._notify_receive is not None:
+                self._notify_receive.close()
+            with anyio.CancelScope(shield=True):
+                await self.storage.close()
+
+    def _require_started(self) -> anyio.abc.TaskGroup:
+        if self._task_group is None:
+            raise InvalidState("the engine is not running: use it as `async with engine:`")
+        return self._task_group
+
+    async def _recover(self) -> None:
+        """Pick up every unfinished execution in the store, bases before their dependents."""
+        pending = await self.storage.unfinished()
+        now = self.clock.now()
+        for execution in pending:
+            base_id = execution.base_execution_id
+            base = None
+            if base_id is not None and not self.scheduler.is_live(base_id):
+                base = await self.storage.get(base_id)
+            try:
+                step = self.scheduler.admit(execution, base, now)
+            except ExternalBase:
+                log.warning(
+                    "execution %s waits for base %s, which is not unfinished here; skipped",
+                    execution.id,
+                    execution.base_execution_id,
+                )
+                continue
+            await self._commit(step)
+        if pending:
+            log.info("recovered %d unfinished executions", len(pending))
+
+    # --- the public API ---------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        plan: ExecutionPlan | Mapping[str, Any],
+        *,
+        base_execution_id: str | None = None,
+        webhook: Webhook | Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        tenant: str | None = None,
+    ) -> str:
+        """Validate and store an execution, start it, and return its id.
+
+        With ``base_execution_id`` every root job waits for the base's final job and root
+        transforms take its video. With ``idempotency_key`` (scoped per ``tenant``) the same key and
+        the same request return the same execution; another request raises IdempotencyConflict.
+        """
+        self._require_started()
+        if not isinstance(plan, ExecutionPlan):
+            has_base = True if base_execution_id is not None else None
+            plan = ExecutionPlan.from_json(plan, has_base=has_base)
+        if plan.base_execution_id is not None:
+            if base_execution_id not in (None, plan.base_execution_id):
+                raise PlanError(
+                    [Problem(None, "baseExecutionId", "differs from the plan's baseExecutionId")]
+                )
+            base_execution_id = plan.base_execution_id
+        hook = _webhook(webhook)
+        self._check(plan, has_base=base_execution_id is not None)
+        base = None
+        if base_execution_id is not None:
+            base = await self.storage.get(base_execution_id)
+            if base is None or base.tenant != tenant:
+                raise UnknownExecution(base_execution_id)
+        now = self.clock.now()
+        execution = Execution(
+            id=new_execution_id(),
+            status="pending",
+            jobs=job_infos(plan.jobs),
+            created_at=now,
+            base_execution_id=base_execution_id,
+            webhook=hook,
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+        )
+        fingerprint = None
+        if idempotency_key is not None:
+            fingerprint = _fingerprint(plan, base_execution_id, hook)
+        stored = await self.storage.create(execution, fingerprint)
+        if stored.id != execution.id:
+            return stored.id
+        if base_execution_id is not None and not self.scheduler.is_live(base_execution_id):
+            base = await self.storage.get(base_execution_id)
+        try:
+            step = self.scheduler.admit(stored, base, now)
+        except ExternalBase:
+            raise InvalidState(
+                f"base execution {base_execution_id} is unfinished but not run by this engine"
+            ) from None
+        await self._commit(step)
+        return stored.id
+
+    def _check(self, plan: ExecutionPlan, *, has_base: bool) -> None:
+        """Validate a plan, remembering the last few valid ones: a host that submits one plan
+        object many times pays for its validation once."""
+        key = (id(plan), has_base)
+        if self._valid_plans.get(key) is plan:
+            return
+        plan.check(has_base=has_base)
+        self._valid_plans[key] = plan
+        if len(self._valid_plans) > 64:
+            self._valid_plans.pop(next(iter(self._valid_plans)))
+
+    async def get(self, execution_id: str, *, tenant: str | None = None) -> Execution:
+        """The stored execution: its jobs with status, attempts and timings."""
+        execution = await self.storage.get(execution_id)
+        if execution is None or execution.tenant != tenant:
+            raise UnknownExecution(execution_id)
+        return execution
+
+    async def status(self, execution_id: str, *, tenant: str | None = None) -> StatusReport:
+        """The seed's status body for one execution."""
+        return (await self.get(execution_id, tenant=tenant)).status_report()
+
+    async def cancel(self, execution_id: str, *, tenant: str | None = None) -> None:
+        """Cancel an unfinished execution: its jobs stop, its dependents fail. Ended: no-op."""
+        execution = await self.get(execution_id, tenant=tenant)
+        if execution.status in TERMINAL:
+            return
+        await self._commit(self.scheduler.cancel(execution_id, self.clock.now()))
+
+    async def resume(self, execution_id: str, *, tenant: str | None = None) -> None:
+        """Run a failed or cancelled execution again from where it stopped.
+
+        Completed jobs are reused; failed and cancelled ones run again (same idempotency keys).
+        """
+        execution = await self.get(execution_id, tenant=tenant)
+        if execution.status not in ("failed", "cancelled"):
+            raise InvalidState(
+                f"execution {execution_id} is {execution.status}; only failed or cancelled "
+                "executions can be resumed"
+            )
+        base = None
+        if execution.base_execution_id is not None:
+            base = await self.storage.get(execution.base_execution_id)
+            live = self.scheduler.is_live(execution.base_execution_id)
+            if not live and base is not None and base.status in ("failed", "cancelled"):
+                raise InvalidState(f"base execution {base.id} is {base.status}; resume it first")
+        step = self.scheduler.admit(execution, base, self.clock.now(), resume=True)
+        await self._commit(step)
+
+    async def watch(
+        self, execution_id: str, *, tenant: str | None = None
+    ) -> AsyncIterator[Progress]:
+        """Progress of one execution as it happens, ending with its terminal progress."""
+        send, receive = anyio.create_memory_object_stream[Progress | None](math.inf)
+        listener = _StreamListener(send)
+        with send, receive:
+            snapshot = await self.subscribe(execution_id, listener, tenant=tenant)
+            try:
+                if snapshot.status in TERMINAL:
+                    yield snapshot.progress()
+                    return
+                live = self.scheduler.progress(execution_id)
+                yield live if live is not None else snapshot.progress()
+                async for progress in receive:
+                    if progress is None:
+                        return
+                    yield progress
+            finally:
+                self.unsubscribe(execution_id, listener)
+
+    async def metrics(self) -> EngineMetrics:
+        counts = await self.storage.counts()
+        ended = sum(counts.get(s, 0) for s in TERMINAL)
+        stats = self.scheduler.stats()
+        durations = sorted(self._durations)
+        return EngineMetrics(
+            executions=counts,
+            success_rate=counts.get("completed", 0) / ended if ended else None,
+            duration_p50=_quantile(durations, 0.50),
+            duration_p95=_quantile(durations, 0.95),
+            attempts=stats.attempts,
+            retries=stats.retries,
+            jobs_completed=stats.jobs_completed,
+            jobs_failed=stats.jobs_failed,
+            queue_depth=self.queue.depth(),
+            live_executions=stats.live_executions,
+            live_jobs=stats.live_jobs,
+        )
+
+    # --- events -----------------------------------------------------------------------------------
+
+    async def subscribe(
+        self, execution_id: str, listener: Listener, *, tenant: str | None = None
+    ) -> Execution:
+        """Send ``listener`` this execution's future events; returns the stored snapshot.
+
+        If the snapshot is already terminal, no events will follow.
+        """
+        self._listeners.setdefault(execution_id, []).append(listener)
+        try:
+            return await self.get(execution_id, tenant=tenant)
+        except BaseException:
+            self.unsubscribe(execution_id, listener)
+            raise
+
+    def unsubscribe(self, execution_id: str, listener: Listener) -> None:
+        listeners = self._listeners.get(execution_id)
+        if listeners and listener in listeners:
+            listeners.remove(listener)
+            if not listeners:
+                del self._listeners[execution_id]
+
+    def call_soon(self, callback: Callable[[Any], Any], argument: Any) -> None:
+        """Run a user's callback (plain or async). Its exceptions are logged, never raised."""
+        try:
+            outcome = callback(argument)
+        except Exception:
+            log.exception("callback %r raised", callback)
+            return
+        if isinstance(outcome, Awaitable):
+            self._require_started().start_soon(_await_logged, outcome, callback)
+
+    # --- the machinery ----------------------------------------------------------------------------
+
+    async def _commit(self, step: Step) -> None:
+        """Write a step, then act on it: release ready jobs, schedule retries, abort, notify."""
+        if step.changes:
+            await self.storage.apply(step.changes)
+        self.scheduler.written(step)
+        if step.ready:
+            await self.queue.push(step.ready)
+        for due, ref in step.retries:
+            self._retry_seq += 1
+            heapq.heappush(self._retry_heap, (due, self._retry_seq, ref))
+            self._timer_wake.set()
+        for ref in step.abort:
+            scope = self._running.get(ref)
+            if scope is not None:
+                scope.cancel()
+        listeners = self._listeners
+        if listeners:
+            for execution_id in dict.fromkeys(step.progressed):
+                targets = listeners.get(execution_id)
+                progress = self.scheduler.progress(execution_id) if targets else None
+                if targets and progress is not None:
+                    for listener in list(targets):
+                        listener.progress(progress)
+        for ended in step.ended:
+            self._on_ended(ended)
+
+    def _on_ended(self, ended: Ended) -> None:
+        if ended.status == "completed":
+            self._durations.append(ended.completed_at - ended.created_at)
+        for listener in self._listeners.pop(ended.execution_id, []):
+            listener.progress(ended.progress)
+            listener.ended(ended)
+        if self.notifier is not None and self._notify_send is not None:
+            self._notify_send.send_nowait(
+                Notification(
+                    event_id=f"evt_{ended.execution_id}_{ended.generation}",
+                    execution_id=ended.execution_id,
+                    status=ended.status,
+                    payload=payload_for(
+                        ended.execution_id, ended.status, ended.result, ended.error
+                    ),
+                    webhook=ended.webhook,
+                    tenant=ended.tenant,
+                )
+            )
+
+    async def _worker(self) -> None:
+        queue = self.queue
+        while True:
+            ref = await queue.pop()
+            await self._run(ref)
+
+    async def _run(self, ref: JobRef) -> None:
+        started = self.scheduler.start(ref, self.clock.now())
+        if started is None:
+            return
+        request, step = started
+        await self._commit(step)
+        outcome: Exception | None = None
+        with anyio.CancelScope() as scope:
+            self._running[ref] = scope
+            try:
+                video = await self.provider.run(request)
+            except Exception as exc:  # every provider failure is recorded, none escapes
+                outcome = exc
+            finally:
+                del self._running[ref]
+        if scope.cancelled_caught:
+            return
+        now = self.clock.now()
+        if outcome is None:
+            step = self.scheduler.complete(ref, request.attempt, video, now)
+        else:
+            retryable = not (isinstance(outcome, ProviderError) and not outcome.retryable)
+            if not isinstance(outcome, ProviderError):
+                log.warning(
+                    "job %s/%s attempt %d raised %r",
+                    ref[0],
+                    ref[1],
+                    request.attempt,
+                    outcome,
+                    exc_info=outcome,
+                )
+            step = self.scheduler.fail(
+                ref, request.attempt, _describe(outcome), retryable=retryable, now=now
+            )
+        await self._commit(step)
+
+    async def _timer(self) -> None:
+        """Release retries when they fall due on the engine's clock."""
+        heap = self._retry_heap
+        while True:
+            if not heap:
+                await self._timer_wake.wait()
+                self._timer_wake = anyio.Event()
+                continue
+            due = heap[0][0]
+            async with anyio.create_task_group() as race:
+                race.start_soon(_sleep_then_cancel, self.clock, due, race.cancel_scope)
+                await self._timer_wake.wait()
+                race.cancel_scope.cancel()
+            if self._timer_wake.is_set():
+                self._timer_wake = anyio.Event()
+            now = self.clock.now()
+            ready: list[JobRef] = []
+            while heap and heap[0][0] <= now:
+                ready.append(heapq.heappop(heap)[2])
+            if ready:
+                await self.queue.push(ready)
+
+    async def _notify_loop(self) -> None:
+        assert self._notify_receive is not None
+        task_group = self._require_started()
+        async for notification in self._notify_receive:
+            task_group.start_soon(self._deliver, notification)
+
+    async def _deliver(self, notification: Notification) -> None:
+        assert self.notifier is not None
+        try:
+            await self.notifier.notify(notification)
+        except Exception:
+            log.exception("notifier failed for execution %s", notification.execution_id)
+
+
+class _StreamListener:
+    def __init__(self, send: MemoryObjectSendStream[Progress | None]) -> None:
+        self._send = send
+
+    def progress(self, progress: Progress) -> None:
+        self._send.send_nowait(progress)
+
+    def ended(self, ended: Ended) -> None:
+        self._send.send_nowait(None)
+
+
+async def _sleep_then_cancel(clock: Clock, deadline: float, scope: anyio.CancelScope) -> None:
+    await clock.sleep_until(deadline)
+    scope.cancel()
+
+
+async def _await_logged(awaitable: Awaitable[Any], callback: object) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("callback %r raised", callback)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return text if isinstance(exc, ProviderError) and text else f"{type(exc).__name__}: {text}"
+
+
+def _webhook(webhook: Webhook | Mapping[str, Any] | None) -> Webhook | None:
+    if webhook is None or isinstance(webhook, Webhook):
+        hook = webhook
+    else:
+        url, secret = webhook.get("url"), webhook.get("secret")
+        if not isinstance(url, str) or (secret is not None and not isinstance(secret, str)):
+            raise PlanError([Problem(None, "webhook", "expected {url: string, secret?: string}")])
+        hook = Webhook(url, secret)
+    if hook is not None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(hook.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PlanError([Problem(None, "webhook.url", "must be an absolute http or https URL")])
+        if hook.secret is not None and not hook.secret:
+            raise PlanError([Problem(None, "webhook.secret", "must not be empty")])
+    return hook
+
+
+def _fingerprint(plan: ExecutionPlan, base: str | None, webhook: Webhook | None) -> str:
+    digest = hashlib.sha256(plan.fingerprint().encode())
+    digest.update(f"|{base}|{webhook.url if webhook else ''}|".encode())
+    if webhook is not None and webhook.secret is not None:
+        digest.update(hashlib.sha256(webhook.secret.encode()).digest())
+    return digest.hexdigest()
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def new_execution_id() -> str:
+    return f"exec_{secrets.token_hex(10)}"
+
+
+def _default_notifier() -> Notifier:
+    from adapters.http import HttpNotifier
+
+    return HttpNotifier()
+
+
+__all__ = ["Engine", "EngineMetrics", "Listener", "EngineError"]

@@ -1,0 +1,115 @@
+"""Every error the engine raises derives from :class:`EngineError`.
+
+The tree::
+
+    EngineError
+    ├── PlanError              a plan or request is invalid; ``.problems`` names each (job, field)
+    ├── UnknownExecution       no such execution (or not visible to this tenant)
+    ├── ExecutionFailed        ``wait()`` on an execution that ended failed or cancelled
+    ├── InvalidSignature       a webhook body or its signature headers do not verify
+    ├── ProviderError          a video provider failed a job; ``retryable`` says whether to retry
+    ├── IdempotencyConflict    an idempotency key was reused with a different request
+    ├── InvalidState           the operation does not apply to the execution's current status
+    ├── ConfigError            an engine or policy option is out of range (also a ``ValueError``)
+    └── StorageError           a backend could not read or write its store (bad file, newer schema)
+
+Adapters translate their drivers' errors (``sqlite3``, ``httpx``) into these at their boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from attrs import frozen
+
+
+class EngineError(Exception):
+    """The root of every error raised by the engine and its adapters."""
+
+
+@frozen
+class Problem:
+    """One thing wrong with a plan: which job (or ``None`` for the plan), which field, and why."""
+
+    job_id: str | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"job {self.job_id!r}" if self.job_id is not None else "plan"
+        return f"{where}, {self.field}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"jobId": self.job_id, "field": self.field, "message": self.message}
+
+
+class PlanError(EngineError):
+    """A plan is invalid. ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: Iterable[Problem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem(None, "plan", problems)]
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        lines = "; ".join(str(p) for p in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"invalid plan ({len(self.problems)} {noun}): {lines}")
+
+
+class UnknownExecution(EngineError):
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        super().__init__(f"unknown execution {execution_id!r}")
+
+
+class ExecutionFailed(EngineError):
+    """Raised by ``wait()`` when the execution ended ``failed`` or ``cancelled``."""
+
+    def __init__(
+        self,
+        execution_id: str,
+        status: str,
+        code: str | None = None,
+        message: str | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        self.execution_id = execution_id
+        self.status = status
+        self.code = code
+        self.message = message
+        self.job_id = job_id
+        where = f" at job {job_id!r}" if job_id else ""
+        super().__init__(f"execution {execution_id} {status}{where}: {code}: {message}")
+
+
+class InvalidSignature(EngineError):
+    pass
+
+
+class ProviderError(EngineError):
+    """A provider's failure. ``retryable=False`` fails the job at once; otherwise it is retried."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        self.message = message
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class IdempotencyConflict(EngineError):
+    pass
+
+
+class InvalidState(EngineError):
+    pass
+
+
+class ConfigError(EngineError, ValueError):
+    pass
+
+
+class StorageError(EngineError):
+    pass
+
+
+def problems_to_json(problems: Iterable[Problem]) -> list[Mapping[str, Any]]:
+    return [p.to_json() for p in problems]

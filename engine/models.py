@@ -1,0 +1,226 @@
+"""Value classes shared by the engine, its ports and its adapters.
+
+All are frozen attrs classes. Their JSON (camelCase) lives in :mod:`engine.wire`, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from attrs import field, frozen
+
+ExecutionStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+#: A job's address: ``(execution_id, job_id)``.
+JobRef = tuple[str, str]
+
+
+@frozen
+class Video:
+    """A finished clip, as a provider returns it and as webhooks and status bodies carry it."""
+
+    url: str
+    duration: float
+    aspect_ratio: str
+    width: int | None = None
+    height: int | None = None
+    status: str = "completed"
+
+
+@frozen
+class JobRequest:
+    """What a :class:`~engine.ports.VideoProvider` is asked to do for one attempt of one job."""
+
+    execution_id: str
+    job_id: str
+    type: str
+    params: Mapping[str, Any]
+    inputs: tuple[Video, ...]
+    attempt: int
+    idempotency_key: str
+
+
+@frozen
+class ErrorInfo:
+    """Why an execution or job ended ``failed`` or ``cancelled``."""
+
+    code: str
+    message: str
+    job_id: str | None = None
+
+
+@frozen
+class Progress:
+    execution_id: str
+    completed_jobs: int
+    total_jobs: int
+    current_job: str | None
+    percent: float
+    status: ExecutionStatus
+
+
+@frozen
+class StatusReport:
+    """The seed's status body: ``GET /api/execute/{id}/status``."""
+
+    status: ExecutionStatus
+    progress: float
+    total_jobs: int
+    completed_jobs: int
+    current_job: str | None
+    result: Video | None = None
+    error: ErrorInfo | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        from engine.wire import status_to_json
+
+        return status_to_json(self)
+
+
+@frozen
+class Webhook:
+    """Where to POST an execution's outcome. The secret never appears in ``repr`` or JSON."""
+
+    url: str
+    secret: str | None = field(default=None, repr=False)
+
+
+@frozen
+class JobInfo:
+    """One job of an execution: its spec and where it stands."""
+
+    id: str
+    type: str
+    params: Mapping[str, Any]
+    depends_on: tuple[str, ...] = ()
+    status: JobStatus = "pending"
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Video | None = None
+    error: ErrorInfo | None = None
+
+
+@frozen
+class Execution:
+    """A snapshot of one execution as the store holds it."""
+
+    id: str
+    status: ExecutionStatus
+    jobs: tuple[JobInfo, ...]
+    created_at: float
+    base_execution_id: str | None = None
+    webhook: Webhook | None = None
+    result: Video | None = None
+    error: ErrorInfo | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    tenant: str | None = None
+    idempotency_key: str | None = None
+    #: Bumped by each ``resume()``; part of the webhook event id so each ending notifies once.
+    generation: int = 0
+
+    @property
+    def final_job_id(self) -> str:
+        """The one job no other job of this execution depends on (plans guarantee one)."""
+        needed = {dep for job in self.jobs for dep in job.depends_on}
+        return next(job.id for job in reversed(self.jobs) if job.id not in needed)
+
+    @property
+    def completed_jobs(self) -> int:
+        return sum(1 for job in self.jobs if job.status == "completed")
+
+    @property
+    def current_job(self) -> str | None:
+        return next((job.id for job in self.jobs if job.status == "processing"), None)
+
+    def job(self, job_id: str) -> JobInfo:
+        for job in self.jobs:
+            if job.id == job_id:
+                return job
+        raise KeyError(job_id)
+
+    def status_report(self) -> StatusReport:
+        total = len(self.jobs)
+        done = self.completed_jobs
+        return StatusReport(
+            status=self.status,
+            progress=percent(done, total),
+            total_jobs=total,
+            completed_jobs=done,
+            current_job=self.current_job,
+            result=self.result,
+            error=self.error,
+        )
+
+    def progress(self) -> Progress:
+        total = len(self.jobs)
+        done = self.completed_jobs
+        return Progress(self.id, done, total, self.current_job, percent(done, total), self.status)
+
+
+def percent(done: int, total: int) -> float:
+    return round(100.0 * done / total, 1) if total else 100.0
+
+
+# --- changes a store applies atomically (one ``Storage.apply`` call is one transaction) ---------
+
+
+@frozen
+class JobUpdate:
+    """Set a job's state. Every field is written, so applying an update twice is harmless."""
+
+    execution_id: str
+    job_id: str
+    status: JobStatus
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    result: Video | None = None
+    error: ErrorInfo | None = None
+
+
+@frozen
+class ExecutionUpdate:
+    """Set an execution's status (and outcome, once terminal)."""
+
+    execution_id: str
+    status: ExecutionStatus
+    started_at: float | None = None
+    completed_at: float | None = None
+    result: Video | None = None
+    error: ErrorInfo | None = None
+    generation: int = 0
+
+
+@frozen
+class Notification:
+    """An execution reached a terminal status: what the notifier port is handed, once per ending.
+
+    ``event_id`` is stable for this ending (it becomes the ``webhook-id`` on every delivery
+    attempt); ``payload`` is the webhook body as a JSON-ready dict.
+    """
+
+    event_id: str
+    execution_id: str
+    status: ExecutionStatus
+    payload: Mapping[str, Any]
+    webhook: Webhook | None = None
+    tenant: str | None = None
+
+
+Change = JobUpdate | ExecutionUpdate
+
+
+def frame_size(aspect_ratio: str, short_side: int = 720) -> tuple[int, int]:
+    """Width and height for an aspect ratio ``"W:H"``: the short side is ``short_side`` pixels,
+    the long one rounded to an even number (H.264 wants even sizes). ``16:9`` is 1280x720."""
+    w_text, _, h_text = aspect_ratio.partition(":")
+    w, h = int(w_text), int(h_text)
+    if w >= h:
+        return 2 * round(short_side * w / h / 2), short_side
+    return short_side, 2 * round(short_side * h / w / 2)

@@ -1,0 +1,730 @@
+"""HttpNotifier against a real HTTP receiver on loopback, and the SSRF guard's address checks.
+
+Backoff runs on a ManualClock that moves itself to each deadline the notifier sleeps until, so no
+test sleeps through a retry delay; every wait is on an event.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
+from attrs import define, field
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+from adapters.http import DeliveryAttempt, HttpNotifier, WebhookRefused
+from adapters.http.ssrf import (
+    check_url,
+    inet_aton,
+    judge,
+    literal_address,
+    parse_networks,
+    refusal_reason,
+    resolve_checked,
+)
+from engine.clock import ManualClock
+from engine.errors import ConfigError, EngineError
+from engine.models import Notification, Webhook
+from engine.webhooks import verify_webhook
+
+pytestmark = pytest.mark.anyio
+
+KEY = b"receiver-test-key-0123456789abcd"
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+LOOPBACK = ("127.0.0.0/8",)
+PAYLOAD = {"executionId": "exec_1", "status": "completed", "video": {"url": "https://cdn/v.mp4"}}
+
+
+# --- a tiny HTTP/1.1 receiver --------------------------------------------------------------------
+
+
+@define
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(factory=dict)
+    hold: anyio.Event | None = None  # answer only once this is set (never: a slow receiver)
+
+
+@define
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    hex_ok: bool
+    standard_ok: bool
+    ours_ok: bool
+
+
+@define
+class Receiver:
+    """Answers each request with the next ``Reply`` (the last one repeats); checks signatures."""
+
+    clock: ManualClock
+    replies: list[Reply] = field(factory=lambda: [Reply()])
+    connections: int = 0
+    requests: list[Received] = field(factory=list)
+    port: int = 0
+
+    async def run(self, port: int = 0, *, task_status: TaskStatus[int]) -> None:
+        async with await anyio.create_tcp_listener(
+            local_host="127.0.0.1", local_port=port
+        ) as listener:
+            self.port = listener.extra(SocketAttribute.local_port)
+            task_status.started(self.port)
+            await listener.serve(self._handle)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _handle(self, stream: SocketStream) -> None:
+        self.connections += 1
+        async with stream:
+            buffered = BufferedByteReceiveStream(stream)
+            try:
+                head = await buffered.receive_until(b"\r\n\r\n", 65536)
+                lines = head.decode("latin-1").split("\r\n")
+                _method, path, _version = lines[0].split(" ")
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0"))
+                body = await buffered.receive_exactly(length) if length else b""
+            except (anyio.EndOfStream, anyio.IncompleteRead):
+                return
+            self.requests.append(self._check(path, headers, body))
+            reply = self.replies[min(len(self.requests), len(self.replies)) - 1]
+            if reply.hold is not None:
+                await reply.hold.wait()
+            extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+            response = (
+                f"HTTP/1.1 {reply.status} Whatever\r\nContent-Length: 2\r\n"
+                f"Connection: close\r\n{extra}\r\nok"
+            )
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(response.encode("latin-1"))
+
+    def _check(self, path: str, headers: dict[str, str], body: bytes) -> Received:
+        expected_hex = hmac.new(KEY, body, hashlib.sha256).hexdigest()
+        hex_ok = hmac.compare_digest(headers.get("x-webhook-signature", ""), expected_hex)
+        try:
+            StandardWebhook(SECRET).verify(body, headers)
+            standard_ok = True
+        except Exception:
+            standard_ok = False
+        try:
+            verify_webhook(body, headers, SECRET, now=self.clock.now())
+            ours_ok = True
+        except EngineError:
+            ours_ok = False
+        return Received(path, headers, body, hex_ok, standard_ok, ours_ok)
+
+
+class SteppingClock:
+    """A ManualClock that advances itself to every deadline slept until, recording each one.
+
+    ``on_sleep`` (if set) runs first, so a test can change the world between attempts.
+    """
+
+    def __init__(self) -> None:
+        # Near real time: the stock Standard Webhooks verifier checks against the wall clock.
+        self.manual = ManualClock(now=float(int(datetime.now(tz=UTC).timestamp())))
+        self.deadlines: list[float] = []
+        self.on_sleep: Callable[[float], Awaitable[None]] | None = None
+
+    def now(self) -> float:
+        return self.manual.now()
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline > self.manual.now():
+            self.deadlines.append(deadline)
+            if self.on_sleep is not None:
+                await self.on_sleep(deadline)
+            self.manual.advance(deadline - self.manual.now())
+        await self.manual.sleep_until(deadline)
+
+
+def notification(url: str, secret: str | None = SECRET, event_id: str = "evt_1") -> Notification:
+    return Notification(
+        event_id=event_id,
+        execution_id="exec_1",
+        status="completed",
+        payload=PAYLOAD,
+        webhook=Webhook(url=url, secret=secret),
+    )
+
+
+def notifier(clock: SteppingClock, **kwargs: Any) -> HttpNotifier:
+    kwargs.setdefault("allowed_networks", LOOPBACK)
+    kwargs.setdefault("jitter", 0.0)
+    kwargs.setdefault("timeout", 5.0)
+    return HttpNotifier(clock=clock, **kwargs)
+
+
+# --- delivery against a real receiver ------------------------------------------------------------
+
+
+async def test_delivered_with_both_signatures_valid() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual)
+    seen: list[DeliveryAttempt] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        sender = notifier(clock, on_attempt=seen.append)
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+
+    [request] = receiver.requests
+    assert request.path == "/hook"
+    assert request.hex_ok
+    assert request.standard_ok
+    assert request.ours_ok
+    assert json.loads(request.body) == PAYLOAD
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["webhook-id"] == "evt_1"
+    assert request.headers["host"] == f"127.0.0.1:{receiver.port}"
+    [attempt] = sender.attempts
+    assert seen == [attempt]
+    assert attempt.outcome == "delivered"
+    assert attempt.status_code == 200
+    assert attempt.error is None
+    assert attempt.attempt == 1
+    assert attempt.at == clock.now()
+    assert attempt.url == receiver.url()
+    result = sender.results["evt_1"]
+    assert result.delivered
+    assert result.attempts == 1
+    assert clock.deadlines == []  # the first attempt did not wait
+
+
+async def test_without_secret_no_signatures_but_ids() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual)
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        await notifier(clock).notify(notification(receiver.url(), secret=None))
+        tg.cancel_scope.cancel()
+    [request] = receiver.requests
+    assert "x-webhook-signature" not in request.headers
+    assert "webhook-signature" not in request.headers
+    assert request.headers["webhook-id"] == "evt_1"
+    assert request.headers["webhook-timestamp"] == str(int(clock.now()))
+
+
+async def test_no_webhook_means_nothing_to_do() -> None:
+    sender = HttpNotifier()
+    await sender.notify(
+        Notification(event_id="e", execution_id="x", status="completed", payload=PAYLOAD)
+    )
+    assert sender.attempts == []
+    assert sender.results == {}
+
+
+async def test_500_then_500_then_200_retries_with_the_same_id() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual, replies=[Reply(500), Reply(500), Reply(200)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        start = clock.now()
+        sender = notifier(clock, retry_schedule=(0, 5, 60, 600))
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+
+    assert [a.outcome for a in sender.attempts] == ["retry", "retry", "delivered"]
+    assert [a.status_code for a in sender.attempts] == [500, 500, 200]
+    assert [a.attempt for a in sender.attempts] == [1, 2, 3]
+    assert clock.deadlines == [start + 5, start + 65]
+    assert [a.retry_at for a in sender.attempts] == [start + 5, start + 65, None]
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {"evt_1"}
+    stamps = [r.headers["webhook-timestamp"] for r in receiver.requests]
+    assert stamps == [str(int(start)), str(int(start + 5)), str(int(start + 65))]
+    assert all(r.hex_ok and r.standard_ok and r.ours_ok for r in receiver.requests)
+    assert sender.results["evt_1"].delivered
+    assert sender.results["evt_1"].attempts == 3
+
+
+async def test_gives_up_after_the_schedule() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual, replies=[Reply(500)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        sender = notifier(clock, retry_schedule=(0, 1, 2))
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    assert [a.outcome for a in sender.attempts] == ["retry", "retry", "failed"]
+    assert sender.attempts[-1].error == "HTTP 500"
+    assert len(receiver.requests) == 3
+    result = sender.results["evt_1"]
+    assert not result.delivered
+    assert (result.attempts, result.status_code) == (3, 500)
+
+
+async def test_redirect_is_not_followed() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(receiver.run)
+        elsewhere = f"http://127.0.0.1:{port}/elsewhere"
+        receiver.replies = [Reply(302, {"Location": elsewhere})]
+        # Even a client that follows redirects by default must not follow them here.
+        async with httpx.AsyncClient(follow_redirects=True, trust_env=False) as client:
+            sender = notifier(clock, client=client, retry_schedule=(0, 1))
+            await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    assert [r.path for r in receiver.requests] == ["/hook", "/hook"]
+    assert [a.status_code for a in sender.attempts] == [302, 302]
+    assert [a.outcome for a in sender.attempts] == ["retry", "failed"]
+    assert "redirect" in (sender.attempts[0].error or "")
+
+
+async def test_receiver_down_then_up() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual)
+    async with anyio.create_task_group() as tg:
+        # Find a free port, then leave it closed: the first attempt is refused.
+        port = await tg.start(receiver.run)
+        tg.cancel_scope.cancel()
+    receiver.port = port
+
+    async with anyio.create_task_group() as tg:
+
+        async def start_receiver(deadline: float) -> None:
+            await tg.start(receiver.run, port)
+
+        clock.on_sleep = start_receiver
+        sender = notifier(clock, retry_schedule=(0, 5))
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+
+    first, second = sender.attempts
+    assert (first.outcome, first.status_code) == ("retry", None)
+    assert "ConnectError" in (first.error or "")
+    assert (second.outcome, second.status_code) == ("delivered", 200)
+    assert receiver.connections == 1
+    [request] = receiver.requests
+    assert request.headers["webhook-id"] == "evt_1"
+    assert request.hex_ok
+    assert request.standard_ok
+
+
+async def test_slow_receiver_times_out() -> None:
+    clock = SteppingClock()
+    never = anyio.Event()
+    receiver = Receiver(clock.manual, replies=[Reply(200, hold=never)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        sender = notifier(clock, timeout=0.2, retry_schedule=(0,))
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    [attempt] = sender.attempts
+    assert attempt.outcome == "failed"
+    assert attempt.status_code is None
+    assert "timed out" in (attempt.error or "")
+    assert len(receiver.requests) == 1
+    assert not sender.results["evt_1"].delivered
+
+
+async def test_410_stops_at_once() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual, replies=[Reply(410)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        sender = notifier(clock, retry_schedule=(0, 5, 5))
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    [attempt] = sender.attempts
+    assert (attempt.outcome, attempt.status_code) == ("failed", 410)
+    assert len(receiver.requests) == 1
+    assert clock.deadlines == []
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_seconds_is_honoured(status: int) -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual, replies=[Reply(status, {"Retry-After": "120"}), Reply(200)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        start = clock.now()
+        sender = notifier(clock, retry_schedule=(0, 5))
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    assert clock.deadlines == [start + 120]
+    assert [a.outcome for a in sender.attempts] == ["retry", "delivered"]
+    assert receiver.requests[1].standard_ok
+
+
+async def test_retry_after_http_date_is_honoured() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual)
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        start = clock.now()
+        when = email.utils.formatdate(start + 200, usegmt=True)
+        receiver.replies = [Reply(429, {"Retry-After": when}), Reply(200)]
+        sender = notifier(clock, retry_schedule=(0, 5))
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    assert clock.deadlines == [start + 200]
+
+
+async def test_shorter_retry_after_does_not_shorten_the_schedule() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual, replies=[Reply(503, {"Retry-After": "1"}), Reply(200)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        start = clock.now()
+        sender = notifier(clock, retry_schedule=(0, 30))
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    assert clock.deadlines == [start + 30]
+
+
+async def test_loopback_refused_without_allowed_networks() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual)
+    seen: list[DeliveryAttempt] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        refusing = notifier(clock, allowed_networks=(), on_attempt=seen.append)
+        await refusing.notify(notification(receiver.url()))
+        assert receiver.connections == 0
+        # The receiver works: an allowed notifier reaches it with exactly one connection.
+        await notifier(clock).notify(notification(receiver.url(), event_id="evt_2"))
+        tg.cancel_scope.cancel()
+
+    [attempt] = refusing.attempts
+    assert seen == [attempt]
+    assert (attempt.outcome, attempt.status_code) == ("failed", None)
+    assert "loopback" in (attempt.error or "")
+    assert "127.0.0.1" in (attempt.error or "")
+    assert not refusing.results["evt_1"].delivered
+    assert receiver.connections == 1
+    assert [r.headers["webhook-id"] for r in receiver.requests] == ["evt_2"]
+
+
+async def test_localhost_name_is_refused_too() -> None:
+    sender = notifier(SteppingClock(), allowed_networks=(), retry_schedule=(0, 5))
+    await sender.notify(notification("http://localhost:9/hook"))
+    [attempt] = sender.attempts
+    assert attempt.outcome == "failed"
+    assert "loopback" in (attempt.error or "")
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/x", "http:///nohost", "http://0177.0.0.1/", "file:///etc/passwd"]
+)
+async def test_bad_urls_are_refused_and_final(url: str) -> None:
+    sender = notifier(SteppingClock(), retry_schedule=(0, 5))
+    await sender.notify(notification(url))
+    [attempt] = sender.attempts
+    assert attempt.outcome == "failed"
+    assert attempt.error
+
+
+async def test_bad_whsec_secret_is_final_and_not_shown() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual)
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        sender = notifier(clock, retry_schedule=(0, 5))
+        await sender.notify(notification(receiver.url(), secret="whsec_%%%topsecret%%%"))
+        tg.cancel_scope.cancel()
+    [attempt] = sender.attempts
+    assert attempt.outcome == "failed"
+    assert "topsecret" not in (attempt.error or "")
+    assert receiver.connections == 0
+
+
+async def test_async_on_attempt_and_jittered_delay() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual, replies=[Reply(500), Reply(204)])
+    seen: list[DeliveryAttempt] = []
+
+    async def observe(attempt: DeliveryAttempt) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(attempt)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        start = clock.now()
+        sender = notifier(clock, retry_schedule=(0, 100), jitter=0.1, on_attempt=observe)
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    assert seen == sender.attempts
+    [deadline] = clock.deadlines
+    assert start + 90 <= deadline <= start + 110
+    assert sender.attempts[-1].status_code == 204
+    assert sender.attempts[-1].outcome == "delivered"
+
+
+async def test_failing_on_attempt_does_not_stop_delivery() -> None:
+    clock = SteppingClock()
+    receiver = Receiver(clock.manual)
+
+    def broken(attempt: DeliveryAttempt) -> None:
+        raise RuntimeError("observer bug")
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(receiver.run)
+        sender = notifier(clock, on_attempt=broken)
+        await sender.notify(notification(receiver.url()))
+        tg.cancel_scope.cancel()
+    assert sender.results["evt_1"].delivered
+
+
+# --- the request goes to the checked address (DNS rebinding), with the original name kept -------
+
+
+async def test_request_goes_to_the_checked_ip_with_host_and_sni_kept() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200)
+
+    allowed = ("127.0.0.0/8", "::1/128")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        sender = notifier(SteppingClock(), client=client, allowed_networks=allowed)
+        await sender.notify(notification("https://localhost:8443/hook?x=1"))
+        await sender.notify(notification("http://localhost/plain", event_id="evt_2"))
+    tls, plain = sent
+    assert literal_address(tls.url.host) is not None
+    assert tls.url.port == 8443
+    assert tls.url.path == "/hook"
+    assert tls.url.query == b"x=1"
+    assert tls.headers["host"] == "localhost:8443"
+    assert tls.extensions["sni_hostname"] == "localhost"
+    assert literal_address(plain.url.host) is not None
+    assert plain.headers["host"] == "localhost"
+    assert "sni_hostname" not in plain.extensions
+
+
+async def test_transport_errors_never_escape() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset", request=request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 1))
+        await sender.notify(notification("http://127.0.0.1:1/hook"))
+    assert [a.outcome for a in sender.attempts] == ["retry", "failed"]
+    assert "ReadError" in (sender.attempts[0].error or "")
+
+
+def test_bad_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="CIDR"):
+        HttpNotifier(allowed_networks=("not-a-network",))
+    with pytest.raises(ConfigError, match="not one string"):
+        HttpNotifier(allowed_networks="127.0.0.0/8")
+    with pytest.raises(ConfigError, match="retry_schedule"):
+        HttpNotifier(retry_schedule=())
+    with pytest.raises(ConfigError, match="retry_schedule"):
+        HttpNotifier(retry_schedule=(0, -1))
+    with pytest.raises(ConfigError, match="timeout"):
+        HttpNotifier(timeout=0)
+    with pytest.raises(ConfigError, match="jitter"):
+        HttpNotifier(jitter=1.5)
+
+
+def test_refused_is_an_engine_error() -> None:
+    assert issubclass(WebhookRefused, EngineError)
+
+
+# --- the SSRF guard, address by address ----------------------------------------------------------
+
+REFUSED = {
+    "127.0.0.1": "loopback",
+    "127.255.255.254": "loopback",
+    "::1": "loopback",
+    "10.0.0.1": "private",
+    "10.255.255.255": "private",
+    "172.16.0.1": "private",
+    "172.31.255.255": "private",
+    "192.168.1.1": "private",
+    "fc00::1": "private",
+    "fd12:3456::1": "private",
+    "169.254.169.254": "link-local",
+    "fe80::1": "link-local",
+    "100.64.0.1": "carrier-grade NAT",
+    "100.127.255.255": "carrier-grade NAT",
+    "224.0.0.1": "multicast",
+    "239.255.255.250": "multicast",
+    "ff02::1": "multicast",
+    "0.0.0.0": "unspecified",
+    "::": "unspecified",
+    "240.0.0.1": "reserved",
+    "255.255.255.255": "reserved",
+    "::ffff:127.0.0.1": "IPv4-mapped loopback",
+    "::ffff:10.0.0.1": "IPv4-mapped private",
+    "::ffff:169.254.169.254": "IPv4-mapped link-local",
+    "2002:7f00:1::1": "6to4 form of a loopback",
+    "2002:c0a8:101::1": "6to4 form of a private",
+    "64:ff9b::7f00:1": "NAT64 form of a loopback",
+    "64:ff9b::a00:1": "NAT64 form of a private",
+    "64:ff9b:1::1": "local-use NAT64",
+    "192.0.2.1": "special-purpose",  # documentation
+    "198.18.0.1": "special-purpose",  # benchmarking
+    "2001:db8::1": "special-purpose",  # documentation
+}
+
+PUBLIC = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.216.34",
+    "172.32.0.1",
+    "100.128.0.1",
+    "2001:4860:4860::8888",
+    "2606:4700:4700::1111",
+    "::ffff:8.8.8.8",
+    "2002:808:808::1",
+    "64:ff9b::808:808",
+]
+
+
+@pytest.mark.parametrize(("address", "reason"), REFUSED.items())
+def test_refused_addresses(address: str, reason: str) -> None:
+    found = refusal_reason(ipaddress.ip_address(address))
+    assert found is not None
+    assert found.startswith(reason)
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_public_addresses(address: str) -> None:
+    assert refusal_reason(ipaddress.ip_address(address)) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0x7f.0.0.1", "127.0.0.1"),
+        ("0X7F000001", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("10.1.1", "10.1.0.1"),
+        ("0", "0.0.0.0"),
+        ("127.0.0.1.", "127.0.0.1"),
+        ("8.8.8.8", "8.8.8.8"),
+    ],
+)
+def test_odd_ipv4_spellings_are_read_like_inet_aton(host: str, address: str) -> None:
+    assert inet_aton(host) == ipaddress.IPv4Address(address)
+
+
+@pytest.mark.parametrize("host", ["08.0.0.1", "256.1", "1.2.3.4.5", "1.16777216", "a.b", "1e3", ""])
+def test_not_ipv4_spellings(host: str) -> None:
+    assert inet_aton(host) is None
+
+
+@pytest.mark.parametrize(
+    "host", ["2130706433", "0x7f.0.0.1", "127.1", "0x7f.1", "0", "[::1]", "::ffff:7f00:1"]
+)
+async def test_odd_spellings_of_refused_addresses_are_refused(host: str) -> None:
+    with pytest.raises(WebhookRefused, match="refused"):
+        await resolve_checked(host, 80)
+
+
+async def test_odd_spelling_inside_allowed_network_is_permitted() -> None:
+    assert await resolve_checked("2130706433", 80, LOOPBACK) == [ipaddress.ip_address("127.0.0.1")]
+
+
+async def test_allowed_networks_permit_only_themselves() -> None:
+    assert await resolve_checked("127.0.0.1", 80, LOOPBACK) == [ipaddress.ip_address("127.0.0.1")]
+    assert await resolve_checked("::ffff:127.0.0.1", 80, LOOPBACK)
+    assert await resolve_checked("10.1.2.3", 80, ["10.1.0.0/16"])
+    with pytest.raises(WebhookRefused, match="private"):
+        await resolve_checked("10.2.0.1", 80, ["10.1.0.0/16"])
+    with pytest.raises(WebhookRefused, match="loopback"):
+        await resolve_checked("::1", 80, LOOPBACK)
+
+
+async def test_public_literal_passes_without_dns() -> None:
+    assert await resolve_checked("8.8.8.8", 443) == [ipaddress.ip_address("8.8.8.8")]
+
+
+async def test_a_name_resolving_to_loopback_is_refused() -> None:
+    with pytest.raises(WebhookRefused, match=r"localhost refused: \S+ is a loopback"):
+        await resolve_checked("localhost", 80)
+
+
+def test_judge_with_allowed_networks() -> None:
+    allowed = parse_networks(["127.0.0.0/8", "fd00::/8"])
+    assert judge(ipaddress.ip_address("127.0.0.5"), allowed) is None
+    assert judge(ipaddress.ip_address("fd00::1"), allowed) is None
+    assert judge(ipaddress.ip_address("10.0.0.1"), allowed) == "private"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://example.com/", "file:///etc/passwd", "http:///path", "not a url", "http://0177.0.0.1/"],
+)
+def test_check_url_refuses(url: str) -> None:
+    with pytest.raises(WebhookRefused):
+        check_url(url)
+
+
+@pytest.mark.parametrize("url", ["http://example.com/hook", "https://example.com:8443/x?y=1"])
+def test_check_url_accepts(url: str) -> None:
+    assert check_url(url).host == "example.com"
+
+
+async def test_credentials_in_the_url_are_masked_in_records() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        sender = notifier(SteppingClock(), client=client)
+        await sender.notify(notification("http://user:hunter2@127.0.0.1:8080/hook"))
+    [attempt] = sender.attempts
+    assert attempt.outcome == "delivered"
+    assert "hunter2" not in attempt.url
+    assert attempt.url == "http://***@127.0.0.1:8080/hook"
+
+
+async def test_payload_that_is_not_json_fails_without_raising() -> None:
+    sender = notifier(SteppingClock(), retry_schedule=(0, 5))
+    bad = Notification(
+        event_id="evt_1",
+        execution_id="exec_1",
+        status="completed",
+        payload={"duration": float("nan")},
+        webhook=Webhook(url="http://127.0.0.1:9/hook"),
+    )
+    await sender.notify(bad)
+    [attempt] = sender.attempts
+    assert attempt.outcome == "failed"
+    assert "cannot deliver" in (attempt.error or "")
+
+
+async def test_concurrent_deliveries_keep_their_own_results() -> None:
+    seen: dict[str, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        event = request.headers["webhook-id"]
+        seen[event] = seen.get(event, 0) + 1
+        if event == "evt_gone":
+            return httpx.Response(410)
+        return httpx.Response(500 if seen[event] == 1 else 200)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 5))
+        async with anyio.create_task_group() as tg:
+            for event in ("evt_ok", "evt_gone"):
+                tg.start_soon(sender.notify, notification("http://127.0.0.1:9/h", event_id=event))
+    assert sender.results["evt_ok"].delivered
+    assert sender.results["evt_ok"].attempts == 2
+    assert not sender.results["evt_gone"].delivered
+    assert sender.results["evt_gone"].attempts == 1
