@@ -31,6 +31,7 @@ from engine.errors import (
 from engine.models import (
     TERMINAL,
     Execution,
+    JobInfo,
     JobRef,
     Notification,
     Progress,
@@ -91,7 +92,8 @@ class Engine:
 
     Options: ``concurrency`` (workers, default 4), ``retry`` (a :class:`RetryPolicy`),
     ``clock`` (a :class:`~engine.clock.Clock`; tests pass a ``ManualClock``), ``seed`` (for
-    the retry jitter).
+    the retry jitter), ``shutdown_grace`` (seconds that leaving ``async with`` waits for
+    notifications still being delivered; default 5).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Engine:
         retry: RetryPolicy | None = None,
         clock: Clock | None = None,
         seed: int | None = None,
+        shutdown_grace: float = 5.0,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             from engine.errors import ConfigError
@@ -124,7 +127,10 @@ class Engine:
         self._timer_wake = anyio.Event()
         self._listeners: dict[str, list[Listener]] = {}
         self._durations: deque[float] = deque(maxlen=10_000)
-        self._valid_plans: dict[tuple[int, bool], ExecutionPlan] = {}
+        self._valid_plans: dict[tuple[int, bool], tuple[ExecutionPlan, tuple[JobInfo, ...]]] = {}
+        self.shutdown_grace = shutdown_grace
+        self._undelivered = 0
+        self._delivered = anyio.Event()
         self._notify_send: MemoryObjectSendStream[Notification] | None = None
         self._notify_receive: MemoryObjectReceiveStream[Notification] | None = None
 
@@ -201,6 +207,9 @@ class Engine:
         tb: TracebackType | None,
     ) -> bool | None:
         task_group = self._require_started()
+        with anyio.move_on_after(self.shutdown_grace, shield=True):
+            while self._undelivered:
+                await self._delivered.wait()
         task_group.cancel_scope.cancel()
         try:
             # The host's own exception, if any, propagates as it is, not wrapped in a group.
@@ -270,7 +279,7 @@ class Engine:
                 )
             base_execution_id = plan.base_execution_id
         hook = _webhook(webhook)
-        self._check(plan, has_base=base_execution_id is not None)
+        jobs = self._checked_jobs(plan, has_base=base_execution_id is not None)
         base = None
         if base_execution_id is not None:
             base = await self.storage.get(base_execution_id)
@@ -280,7 +289,7 @@ class Engine:
         execution = Execution(
             id=new_execution_id(),
             status="pending",
-            jobs=job_infos(plan.jobs),
+            jobs=jobs,
             created_at=now,
             base_execution_id=base_execution_id,
             webhook=hook,
@@ -304,16 +313,19 @@ class Engine:
         await self._commit(step)
         return stored.id
 
-    def _check(self, plan: ExecutionPlan, *, has_base: bool) -> None:
-        """Validate a plan, remembering the last few valid ones: a host that submits one plan
-        object many times pays for its validation once."""
+    def _checked_jobs(self, plan: ExecutionPlan, *, has_base: bool) -> tuple[JobInfo, ...]:
+        """Validate a plan and make its (immutable) job records, remembering the last few: a
+        host that submits one plan object many times pays for this once."""
         key = (id(plan), has_base)
-        if self._valid_plans.get(key) is plan:
-            return
+        known = self._valid_plans.get(key)
+        if known is not None and known[0] is plan:
+            return known[1]
         plan.check(has_base=has_base)
-        self._valid_plans[key] = plan
+        jobs = job_infos(plan.jobs)
+        self._valid_plans[key] = (plan, jobs)
         if len(self._valid_plans) > 64:
             self._valid_plans.pop(next(iter(self._valid_plans)))
+        return jobs
 
     async def get(self, execution_id: str, *, tenant: str | None = None) -> Execution:
         """The stored execution: its jobs with status, attempts and timings."""
@@ -461,6 +473,7 @@ class Engine:
             listener.progress(ended.progress)
             listener.ended(ended)
         if self.notifier is not None and self._notify_send is not None:
+            self._undelivered += 1
             self._notify_send.send_nowait(
                 Notification(
                     event_id=f"evt_{ended.execution_id}_{ended.generation}",
@@ -550,6 +563,10 @@ class Engine:
             await self.notifier.notify(notification)
         except Exception:
             log.exception("notifier failed for execution %s", notification.execution_id)
+        finally:
+            self._undelivered -= 1
+            self._delivered.set()
+            self._delivered = anyio.Event()
 
 
 class _StreamListener:

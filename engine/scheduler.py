@@ -222,6 +222,7 @@ class Scheduler:
     # Executions that ended but whose ending the engine has not yet written: what a dependent
     # admitted in that window must see.
     _unwritten_endings: dict[str, Ended] = field(factory=dict, init=False)
+    _last_shape: tuple[Sequence[JobInfo], PlanShape] | None = field(default=None, init=False)
     _live_jobs: int = field(default=0, init=False)
     _attempts: int = field(default=0, init=False)
     _retries: int = field(default=0, init=False)
@@ -258,12 +259,17 @@ class Scheduler:
             self._unwritten_endings.pop(ended.execution_id, None)
 
     def shape(self, jobs: Sequence[JobInfo]) -> PlanShape:
+        """The shared shape of these jobs (cached by identity, then by structure)."""
+        last = self._last_shape
+        if last is not None and last[0] is jobs:
+            return last[1]
         key = tuple((job.id, job.depends_on) for job in jobs)
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._shapes[key] = PlanShape.of(jobs)
             if len(self._shapes) > 256:
                 self._shapes.popitem(last=False)
+        self._last_shape = (jobs, shape)
         return shape
 
     # --- events ---------------------------------------------------------------------------------

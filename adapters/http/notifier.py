@@ -127,8 +127,8 @@ class HttpNotifier:
     _clock: Clock = field(default=None, converter=_clock_or_system)
     _on_attempt: Callable[[DeliveryAttempt], Awaitable[None] | None] | None = None
     _jitter: float = 0.1
-    attempts: list[DeliveryAttempt] = field(factory=list, init=False)
-    results: dict[str, DeliveryResult] = field(factory=dict, init=False)
+    attempts: list[DeliveryAttempt] = field(factory=list, init=False, repr=False)
+    results: dict[str, DeliveryResult] = field(factory=dict, init=False, repr=False)
     _random: random.Random = field(factory=random.Random, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:

@@ -1,9 +1,16 @@
 """A durable store in one SQLite file, shared safely by several processes.
 
-One writer connection, one reader connection (WAL lets reads go on while a write commits), and a
-writer task that batches concurrent writes into one transaction: group commit. Every
-``sqlite3`` error is translated into a :class:`~engine.errors.StorageError` naming the file and
-the cause.
+One writer connection, one reader connection (WAL lets reads go on while a write commits), and
+group commit: concurrent writes share one transaction. Every ``sqlite3`` error is translated
+into a :class:`~engine.errors.StorageError` naming the file and the cause.
+
+Group commit without a background task: each ``create`` or ``apply`` call queues its write. If
+no call is writing, the caller takes the writer role; otherwise it waits. The writer takes every
+queued write (up to :data:`MAX_GROUP`, its own first), commits them in one ``BEGIN IMMEDIATE``
+transaction, wakes their callers, and hands the role to the caller of the oldest write still
+queued, which wrote nothing yet. So one writer at a time, no write acknowledged before its
+``COMMIT`` returned, and no task outlives the calls: ``open()`` and ``close()`` may be called
+from any task, in any nesting of task groups.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import math
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -20,8 +28,6 @@ from typing import Any, Literal
 
 import aiosqlite
 import anyio
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from attrs import define, field
 
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
@@ -42,6 +48,9 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 #: The most create/apply calls one write transaction takes.
 MAX_GROUP = 1024
+
+#: From this many rows on, ``unfinished()`` decodes them in a worker thread.
+_ASSEMBLE_IN_THREAD = 2000
 
 _Row = tuple[Any, ...]
 
@@ -137,13 +146,16 @@ class _NewExecution:
 
 @define(eq=False)
 class _Write:
-    """One ``create`` or ``apply`` call, queued for the writer task."""
+    """One ``create`` or ``apply`` call, queued for the writer."""
 
     new: _NewExecution | None = None
     job_rows: list[_Row] = field(factory=list)
     execution_rows: list[_Row] = field(factory=list)
-    done: anyio.Event = field(factory=anyio.Event)
-    #: The caller gave up (was cancelled) before the writer took it: skip it.
+    #: Set when the write is finished, or when its caller is to take the writer role.
+    wake: anyio.Event = field(factory=anyio.Event)
+    finished: bool = False
+    promoted: bool = False
+    #: The caller gave up (was cancelled) before a writer took it: it is skipped.
     abandoned: bool = False
     outcome: Execution | None = None
     error: Exception | None = None
@@ -162,7 +174,13 @@ class _UnknownTargets(Exception):
 
 
 def _to_path(value: str | os.PathLike[str]) -> Path:
-    return Path(os.fspath(value))
+    text = os.fspath(value)
+    if text in ("", ":memory:") or text.startswith("file:"):
+        raise ConfigError(
+            f"SqliteStorage needs a file path, not {text!r}; use MemoryStorage for a store "
+            "in memory"
+        )
+    return Path(text)
 
 
 def _check_synchronous(_instance: object, _attribute: object, value: str) -> None:
@@ -180,10 +198,8 @@ class SqliteStorage:
     """The :class:`~engine.ports.Storage` port on one SQLite file, through ``aiosqlite``.
 
     ``open()`` connects, checks the file is a store of this library (or empty, and then makes it
-    one), migrates an older schema and starts the writer task; ``close()`` writes what is queued,
-    stops the writer and closes the connections. ``open()`` and ``close()`` must be called by the
-    same task (they enter and leave the writer's task group); ``async with SqliteStorage(path)``
-    does that.
+    one) and migrates an older schema; ``close()`` lets the writes in flight commit, then closes
+    the connections. ``async with SqliteStorage(path)`` does both.
 
     The file is in WAL journal mode. ``synchronous="FULL"`` (the default) makes every
     acknowledged write durable, also across a power loss. ``synchronous="NORMAL"`` saves an fsync
@@ -193,11 +209,13 @@ class SqliteStorage:
     ``busy_timeout`` (seconds) is how long to wait for another process's write lock before
     failing with :class:`~engine.errors.StorageError`.
 
-    Writes go through one writer task: concurrent ``create`` and ``apply`` calls are batched into
-    one ``BEGIN IMMEDIATE`` transaction (group commit), and each call returns only once the
-    transaction holding it has committed. When a call in a batch fails, the batch is rolled back
-    and each of its calls is retried alone, so one bad call fails only itself. ``stats`` counts
-    transactions and calls. Several processes (or several instances) may use one file at once.
+    Writes go through one writer at a time: concurrent ``create`` and ``apply`` calls are batched
+    into one ``BEGIN IMMEDIATE`` transaction (group commit, see the module docstring), and each
+    call returns only once the transaction holding it has committed. When a call in a batch
+    fails, the batch is rolled back and each of its calls is retried alone, so one bad call fails
+    only itself. A transaction, once begun, is finished even if its writer's caller is
+    cancelled. ``stats`` counts transactions and calls. Several processes (or several instances)
+    may use one file at once.
 
     An execution's webhook secret is stored (it is needed to sign deliveries) and never logged.
     """
@@ -208,8 +226,11 @@ class SqliteStorage:
     stats: WriterStats = field(factory=WriterStats, init=False)
     _writer: aiosqlite.Connection | None = field(default=None, init=False, repr=False)
     _reader: aiosqlite.Connection | None = field(default=None, init=False, repr=False)
-    _send: MemoryObjectSendStream[_Write] | None = field(default=None, init=False, repr=False)
-    _task_group: TaskGroup | None = field(default=None, init=False, repr=False)
+    _queue: deque[_Write] = field(factory=deque, init=False, repr=False)
+    #: Some call holds the writer role (or has been handed it).
+    _writing: bool = field(default=False, init=False, repr=False)
+    _closing: bool = field(default=False, init=False, repr=False)
+    _idle: anyio.Event | None = field(default=None, init=False, repr=False)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -226,8 +247,8 @@ class SqliteStorage:
         await self.close()
 
     async def open(self) -> None:
-        """Connect, check or create the schema, and start the writer task. Idempotent."""
-        if self._task_group is not None:
+        """Connect, and check, create or migrate the schema. Opening an open store does nothing."""
+        if self._writer is not None:
             return
         self._check_path()
         try:
@@ -241,31 +262,21 @@ class SqliteStorage:
         except BaseException:
             await self._close_connections()
             raise
-        send, receive = anyio.create_memory_object_stream[_Write](math.inf)
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        task_group.start_soon(self._write_loop, self._writer, receive, name=f"writer {self.path}")
-        self._send, self._task_group = send, task_group
+        self._closing = False
 
     async def close(self) -> None:
-        """Commit every queued write, stop the writer task and close the connections."""
-        task_group, send = self._task_group, self._send
-        if task_group is None or send is None:
+        """Refuse new writes, let the queued ones commit, close the connections. Idempotent."""
+        if self._writer is None or self._closing:
             return
-        self._task_group = self._send = None
-        send.close()  # the writer drains what is queued, then ends
-        try:
-            await task_group.__aexit__(None, None, None)
-        finally:
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            while self._writing:  # the queued writes' callers pass the writer role on
+                self._idle = anyio.Event()
+                await self._idle.wait()
+            self._idle = None
             await self._close_connections()
 
     def _check_path(self) -> None:
-        text = str(self.path)
-        if text in ("", ":memory:") or text.startswith("file:"):
-            raise ConfigError(
-                f"SqliteStorage needs a file path, not {text!r}; use MemoryStorage for a "
-                "store in memory"
-            )
         if self.path.is_dir():
             raise StorageError(f"cannot open SQLite store {self.path}: it is a directory")
         parent = self.path.parent
@@ -369,7 +380,11 @@ class SqliteStorage:
         return executions[0] if executions else None
 
     async def unfinished(self) -> list[Execution]:
-        return _assemble(await self._read(_SELECT_UNFINISHED, ()))
+        rows = await self._read(_SELECT_UNFINISHED, ())
+        if len(rows) < _ASSEMBLE_IN_THREAD:
+            return _assemble(rows)
+        # A backlog of many executions takes seconds to decode: keep the event loop responsive.
+        return await anyio.to_thread.run_sync(_assemble, rows)
 
     async def counts(self) -> dict[str, int]:
         return {str(status): int(n) for status, n in await self._read(_SELECT_COUNTS, ())}
@@ -406,40 +421,61 @@ class SqliteStorage:
         await self._submit(write)
 
     async def _submit(self, write: _Write) -> _Write:
-        send = self._send
-        if send is None:
+        conn = self._writer
+        if conn is None or self._closing:
             raise StorageError(f"SQLite store {self.path} is not open")
-        try:
-            send.send_nowait(write)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise StorageError(f"SQLite store {self.path} is closed") from exc
-        try:
-            await write.done.wait()
-        except anyio.get_cancelled_exc_class():
-            # Not yet taken by the writer: it is dropped. Already taken: it commits anyway, and
-            # the caller, cancelled, cannot know; every change is safe to apply again.
-            write.abandoned = True
-            raise
+        self._queue.append(write)
+        if self._writing:
+            try:
+                await write.wake.wait()
+            except anyio.get_cancelled_exc_class():
+                # Not yet taken by a writer: it is dropped. Already taken: it commits anyway,
+                # and the cancelled caller cannot know; every change is safe to apply again.
+                write.abandoned = True
+                if write.promoted and not write.finished:
+                    self._hand_over()  # the role was handed to this call: pass it on
+                raise
+        else:
+            self._writing = True
+            write.promoted = True
+        if not write.finished:
+            await self._write(conn)
         if write.error is not None:
             raise write.error
         return write
 
-    async def _write_loop(
-        self, conn: aiosqlite.Connection, receive: MemoryObjectReceiveStream[_Write]
-    ) -> None:
-        async with receive:
-            async for first in receive:
-                group = [first]
-                while len(group) < MAX_GROUP:
-                    try:
-                        group.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                group = [write for write in group if not write.abandoned]
-                if group:
-                    # Never leave a transaction half done, even when the host is cancelled.
-                    with anyio.CancelScope(shield=True):
-                        await self._commit(conn, group)
+    async def _write(self, conn: aiosqlite.Connection) -> None:
+        """Hold the writer role: commit the queued writes (this call's first), then hand over."""
+        group: list[_Write] = []
+        try:
+            # Never leave a transaction half done, even when this call is cancelled.
+            with anyio.CancelScope(shield=True):
+                while self._queue and len(group) < MAX_GROUP:
+                    write = self._queue.popleft()
+                    if not write.abandoned:
+                        group.append(write)
+                await self._commit(conn, group)
+        except BaseException as exc:  # a bug, or the process is going down: wake every caller
+            for write in group:
+                if not write.finished:
+                    error = StorageError(f"write to SQLite store {self.path} interrupted: {exc!r}")
+                    self._finish(write, error=error)
+            raise
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the writer role to the caller of the oldest queued write, or release it."""
+        while self._queue and self._queue[0].abandoned:
+            self._queue.popleft()
+        if self._queue:
+            successor = self._queue[0]
+            successor.promoted = True
+            successor.wake.set()
+            return
+        self._writing = False
+        if self._idle is not None:
+            self._idle.set()
 
     async def _commit(self, conn: aiosqlite.Connection, group: list[_Write]) -> None:
         try:
@@ -472,9 +508,9 @@ class SqliteStorage:
         outcome: Execution | None = None,
         error: Exception | None = None,
     ) -> None:
-        write.outcome, write.error = outcome, error
+        write.outcome, write.error, write.finished = outcome, error, True
         self.stats.requests += 1
-        write.done.set()
+        write.wake.set()
 
     async def _transaction(
         self, conn: aiosqlite.Connection, group: list[_Write]
@@ -485,19 +521,28 @@ class SqliteStorage:
             raise _WholeGroup(exc) from exc
         try:
             outcomes: list[Execution | IdempotencyConflict | None] = []
-            job_rows: list[_Row] = []
-            execution_rows: list[_Row] = []
+            # Runs of updates, and of creates without an idempotency key, are written with one
+            # executemany per statement; a run is written before the next write of another kind,
+            # so every write sees the ones queued before it.
+            pending = _Pending()
             for write in group:
-                if write.new is None:
-                    job_rows += write.job_rows
-                    execution_rows += write.execution_rows
+                new = write.new
+                if new is None:
+                    if pending.inserts:
+                        await pending.flush(conn)
+                    pending.job_updates += write.job_rows
+                    pending.execution_updates += write.execution_rows
                     outcomes.append(None)
-                    continue
-                # Keep the callers' order: updates queued before this create are written first.
-                await _update(conn, job_rows, execution_rows)
-                job_rows, execution_rows = [], []
-                outcomes.append(await self._insert(conn, write.new))
-            await _update(conn, job_rows, execution_rows)
+                elif new.execution.idempotency_key is None:
+                    if pending.job_updates or pending.execution_updates:
+                        await pending.flush(conn)
+                    pending.inserts.append(new.row)
+                    pending.job_inserts += new.job_rows
+                    outcomes.append(new.execution)
+                else:
+                    await pending.flush(conn)
+                    outcomes.append(await self._insert(conn, new))
+            await pending.flush(conn)
         except BaseException:
             await _rollback(conn)
             raise
@@ -565,6 +610,23 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
     # Errors mean SQLite already rolled back (or nothing had begun).
     with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
         await conn.execute("ROLLBACK")
+
+
+@define
+class _Pending:
+    """Rows of consecutive writes of one kind, not yet sent to SQLite."""
+
+    inserts: list[_Row] = field(factory=list)
+    job_inserts: list[_Row] = field(factory=list)
+    job_updates: list[_Row] = field(factory=list)
+    execution_updates: list[_Row] = field(factory=list)
+
+    async def flush(self, conn: aiosqlite.Connection) -> None:
+        if self.inserts:
+            await conn.executemany(_INSERT_EXECUTION, self.inserts)
+            await conn.executemany(_INSERT_JOB, self.job_inserts)
+        await _update(conn, self.job_updates, self.execution_updates)
+        self.inserts, self.job_inserts, self.job_updates, self.execution_updates = [], [], [], []
 
 
 async def _update(
@@ -752,7 +814,7 @@ def _job(row: _Row) -> JobInfo:
         id=job_id,
         type=type_,
         params=json.loads(params),
-        depends_on=tuple(json.loads(depends_on)),
+        depends_on=() if depends_on == "[]" else tuple(json.loads(depends_on)),
         status=status,
         attempts=attempts,
         started_at=started_at,

@@ -1,0 +1,487 @@
+"""What only the SQLite store does: durability, pragmas, group commit, bad files, several
+instances on one file. What every store does is in ``test_storage_contract.py``."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from test_storage_contract import CLIP, FINAL, make_execution, rich_execution
+
+from adapters.sqlite import SqliteStorage
+from adapters.sqlite.schema import APPLICATION_ID, SCHEMA_VERSION
+from engine.errors import ConfigError, IdempotencyConflict, StorageError
+from engine.models import Change, Execution, ExecutionUpdate, JobUpdate
+
+pytestmark = pytest.mark.anyio
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection, as another program would open the file."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+async def outcome(call: Awaitable[Any]) -> Any:
+    """The call's result, or the type of the engine error it raised."""
+    try:
+        return await call
+    except (IdempotencyConflict, StorageError) as exc:
+        return type(exc)
+
+
+# --- durability and settings ---------------------------------------------------------------------
+
+
+async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        await store.create(rich_execution(), "fp")
+        await store.create(make_execution("exec_1", idempotency_key="k"), "fp-1")
+        await store.apply(
+            [
+                JobUpdate("exec_1", "job1", "completed", 1, 1.0, 2.0, result=CLIP),
+                ExecutionUpdate("exec_1", "processing", 1.0),
+            ]
+        )
+        before = [await store.get("exec_rich"), await store.get("exec_1")]
+
+    async with SqliteStorage(path) as reopened:
+        assert [await reopened.get("exec_rich"), await reopened.get("exec_1")] == before
+        assert [e.id for e in await reopened.unfinished()] == ["exec_1"]
+        assert await reopened.counts() == {"failed": 1, "processing": 1}
+        # the idempotency record survives too
+        again = await reopened.create(make_execution("exec_2", idempotency_key="k"), "fp-1")
+        assert again.id == "exec_1"
+        with pytest.raises(IdempotencyConflict):
+            await reopened.create(make_execution("exec_3", idempotency_key="k"), "fp-2")
+
+
+async def test_a_large_backlog_of_unfinished_executions_reads_back(tmp_path: Path) -> None:
+    async with SqliteStorage(tmp_path / "store.db") as store:
+        executions = [make_execution(f"exec_{n:04}", created_at=float(n)) for n in range(800)]
+        async with anyio.create_task_group() as tg:  # concurrently, so in few transactions
+            for execution in executions:
+                tg.start_soon(store.create, execution)
+        await store.apply([ExecutionUpdate("exec_0003", "completed", 1.0, 2.0, result=FINAL)])
+
+        unfinished = await store.unfinished()  # 2397 rows: decoded in a worker thread
+
+        expected = [e for e in executions if e.id != "exec_0003"]
+        assert sorted(unfinished, key=lambda e: e.id) == expected
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("FULL", 2), ("NORMAL", 1)])
+async def test_pragmas_are_set(tmp_path: Path, synchronous: Any, level: int) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path, synchronous=synchronous, busy_timeout=0.25) as store:
+        assert await store.pragmas() == {
+            "journal_mode": "wal",
+            "synchronous": level,
+            "busy_timeout": 250,
+            "foreign_keys": 1,
+            "application_id": APPLICATION_ID,
+            "user_version": SCHEMA_VERSION,
+        }
+    with raw(path) as conn:  # WAL is a property of the file, kept after close
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+async def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    path.touch()
+
+    async with SqliteStorage(path) as store:
+        await store.create(make_execution())
+        assert await store.get("exec_1") == make_execution()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"synchronous": "OFF"}, {"busy_timeout": -1.0}, {"busy_timeout": float("nan")}],
+)
+def test_bad_options_are_config_errors(tmp_path: Path, options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        SqliteStorage(tmp_path / "store.db", **options)
+
+
+@pytest.mark.parametrize("path", [":memory:", "", "file:store.db?mode=memory"])
+def test_a_store_needs_a_file(path: str) -> None:
+    with pytest.raises(ConfigError, match="file path"):
+        SqliteStorage(path)
+
+
+async def test_a_closed_store_refuses_calls_and_can_reopen(tmp_path: Path) -> None:
+    store = SqliteStorage(tmp_path / "store.db")
+    with pytest.raises(StorageError, match="not open"):
+        await store.get("exec_1")
+    with pytest.raises(StorageError, match="not open"):
+        await store.create(make_execution())
+    await store.close()  # closing what is not open does nothing
+
+    await store.open()
+    await store.open()  # opening twice does nothing
+    await store.create(make_execution())
+    await store.close()
+    await store.close()
+    with pytest.raises(StorageError, match="not open"):
+        await store.apply([ExecutionUpdate("exec_1", "processing", 1.0)])
+
+    async with store:
+        assert await store.get("exec_1") == make_execution()
+
+
+# --- group commit --------------------------------------------------------------------------------
+
+
+async def test_group_commit_batches_concurrent_applies(tmp_path: Path) -> None:
+    async with SqliteStorage(tmp_path / "store.db") as store:
+        executions = [make_execution(f"exec_{n}", jobs=20) for n in range(10)]
+        for execution in executions:
+            await store.create(execution)
+        before = store.stats.transactions
+        updates = [
+            JobUpdate(execution.id, job.id, "completed", 1, 1.0, 2.0, result=CLIP)
+            for execution in executions
+            for job in execution.jobs
+        ]
+        assert len(updates) == 200
+
+        async with anyio.create_task_group() as tg:
+            for update in updates:
+                tg.start_soon(store.apply, [update])
+
+        transactions = store.stats.transactions - before
+        assert transactions <= len(updates) // 10, store.stats
+        assert store.stats.largest_group > 1
+        assert store.stats.rollbacks == 0
+        for execution in executions:
+            stored = await store.get(execution.id)
+            assert stored is not None
+            assert stored.completed_jobs == 20
+
+
+async def test_a_failing_call_does_not_fail_its_neighbours(tmp_path: Path) -> None:
+    async with SqliteStorage(tmp_path / "store.db") as store:
+        await store.create(make_execution("exec_1", jobs=40, idempotency_key="k"), "fp")
+        good: list[Change] = [
+            JobUpdate("exec_1", f"job{n}", "completed", 1, 1.0, 2.0, CLIP) for n in range(1, 41)
+        ]
+        calls: list[Awaitable[Any]] = [store.apply([change]) for change in good]
+        calls.insert(10, store.apply([JobUpdate("exec_1", "job_nope", "failed", 1, 1.0, 2.0)]))
+        calls.insert(20, store.create(make_execution("exec_2", idempotency_key="k"), "other"))
+        calls.insert(30, store.create(make_execution("exec_1")))  # the id is taken
+        calls.insert(35, store.create(make_execution("exec_3", idempotency_key="k"), "fp"))
+        results: dict[int, Any] = {}
+
+        async def run(n: int, call: Awaitable[Any]) -> None:
+            results[n] = await outcome(call)
+
+        async with anyio.create_task_group() as tg:
+            for n, call in enumerate(calls):
+                tg.start_soon(run, n, call)
+
+        failures = {n: r for n, r in results.items() if isinstance(r, type)}
+        assert failures == {10: StorageError, 20: IdempotencyConflict, 30: StorageError}
+        assert isinstance(results[35], Execution)
+        assert results[35].id == "exec_1"
+        assert store.stats.rollbacks >= 1
+        stored = await store.get("exec_1")
+        assert stored is not None
+        assert stored.completed_jobs == 40
+        assert await store.counts() == {"pending": 1}
+
+
+async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SqliteStorage(path)
+    await store.open()
+    await store.create(make_execution("exec_1", jobs=30))
+    async with anyio.create_task_group() as tg:
+        for n in range(1, 31):
+            tg.start_soon(store.apply, [JobUpdate("exec_1", f"job{n}", "completed", 1, 1.0, 2.0)])
+        await anyio.wait_all_tasks_blocked()  # every apply is queued or being written
+        await store.close()
+        with pytest.raises(StorageError, match="not open"):
+            await store.apply([ExecutionUpdate("exec_1", "processing", 1.0)])
+
+    async with SqliteStorage(path) as reopened:
+        stored = await reopened.get("exec_1")
+        assert stored is not None
+        assert stored.completed_jobs == 30
+
+
+async def test_a_write_locked_by_another_program_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path, busy_timeout=0) as store:
+        await store.create(make_execution())
+        other = raw(path)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StorageError, match="locked") as caught:
+                await store.apply([ExecutionUpdate("exec_1", "processing", 1.0)])
+            assert str(path) in str(caught.value)
+            assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+            assert await store.get("exec_1") == make_execution()  # reads go on (WAL)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+        await store.apply([ExecutionUpdate("exec_1", "processing", 1.0)])
+        assert await store.counts() == {"processing": 1}
+
+
+async def test_cancelled_callers_leave_the_store_working(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        await store.create(make_execution("exec_1", jobs=4))
+        scopes = [anyio.CancelScope() for _ in range(4)]
+
+        async def complete(n: int) -> None:
+            with scopes[n - 1]:
+                await store.apply([JobUpdate("exec_1", f"job{n}", "completed", 1, 1.0, 2.0)])
+
+        other = raw(path)  # holds the write lock: the first call waits for it, as the writer
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            async with anyio.create_task_group() as tg:
+                for n in range(1, 4):
+                    tg.start_soon(complete, n)
+                await anyio.wait_all_tasks_blocked()
+                scopes[0].cancel()  # the writer: its transaction is finished all the same
+                scopes[1].cancel()  # queued: dropped, and the writer role skips it
+                other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await complete(4)  # the writer role was released
+
+        stored = await store.get("exec_1")
+        assert stored is not None
+        assert [job.status for job in stored.jobs] == [
+            "completed",
+            "pending",
+            "completed",
+            "completed",
+        ]
+        assert scopes[1].cancelled_caught
+
+
+# --- bad files -----------------------------------------------------------------------------------
+
+
+def _missing_directory(tmp_path: Path) -> Path:
+    return tmp_path / "nowhere" / "store.db"
+
+
+def _directory(tmp_path: Path) -> Path:
+    (tmp_path / "store.db").mkdir()
+    return tmp_path / "store.db"
+
+
+def _random_bytes(tmp_path: Path) -> Path:
+    path = tmp_path / "store.db"
+    path.write_bytes(random.Random(0).randbytes(3 * 4096))
+    return path
+
+
+def _text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "store.db"
+    path.write_text("id,status\nexec_1,pending\n")
+    return path
+
+
+def _foreign_tables(tmp_path: Path) -> Path:
+    path = tmp_path / "store.db"
+    with raw(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    conn.close()
+    return path
+
+
+def _foreign_application_id(tmp_path: Path) -> Path:
+    path = tmp_path / "store.db"
+    conn = raw(path)
+    conn.execute("PRAGMA application_id = 1234")
+    conn.close()
+    return path
+
+
+def _foreign_user_version(tmp_path: Path) -> Path:
+    path = tmp_path / "store.db"
+    conn = raw(path)
+    conn.execute("PRAGMA user_version = 7")
+    conn.close()
+    return path
+
+
+def _files(directory: Path) -> dict[str, bytes | None]:
+    """Every file under ``directory``, with its bytes (``None`` for a directory)."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes() if path.is_file() else None
+        for path in sorted(directory.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "cause"),
+    [
+        pytest.param(_missing_directory, "directory .* does not exist", id="missing directory"),
+        pytest.param(_directory, "is a directory", id="directory"),
+        pytest.param(_random_bytes, "not an SQLite database", id="random bytes"),
+        pytest.param(_text_file, "not an SQLite database", id="text file"),
+        pytest.param(_foreign_tables, "another application", id="foreign tables"),
+        pytest.param(
+            _foreign_application_id,
+            "another application .*application_id 1234",
+            id="foreign application_id",
+        ),
+        pytest.param(
+            _foreign_user_version, "another application .*user_version 7", id="foreign version"
+        ),
+    ],
+)
+async def test_a_bad_file_is_a_clear_storage_error(
+    tmp_path: Path, make: Callable[[Path], Path], cause: str
+) -> None:
+    path = make(tmp_path)
+    before = _files(tmp_path)
+    store = SqliteStorage(path)
+
+    with pytest.raises(StorageError, match=cause) as caught:
+        await store.open()
+
+    assert str(path) in str(caught.value)
+    assert _files(tmp_path) == before  # nothing created, migrated or switched to WAL
+    with pytest.raises(StorageError, match="not open"):
+        await store.get("exec_1")
+    gc.collect()  # an unclosed connection would warn now, and warnings are errors
+
+
+def _corrupt_pages(path: Path) -> None:
+    """Keep the header page, overwrite every other page with noise."""
+    data = path.read_bytes()
+    path.write_bytes(data[:4096] + random.Random(1).randbytes(len(data) - 4096))
+
+
+async def test_a_corrupted_store_fails_reads_and_writes_with_storage_errors(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        for n in range(20):
+            await store.create(make_execution(f"exec_{n}", jobs=5))
+    _corrupt_pages(path)
+
+    async with SqliteStorage(path) as store:  # the header still reads: it opens
+        for call in (store.get("exec_3"), store.unfinished(), store.create(make_execution())):
+            with pytest.raises(StorageError, match="corrupt") as caught:
+                await call
+            assert str(path) in str(caught.value)
+
+
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() == 0, reason="needs a user that file modes apply to"
+)
+async def test_a_read_only_file_is_a_clear_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        await store.create(make_execution())
+    path.chmod(0o444)
+    try:
+        with pytest.raises(StorageError, match="read-only") as caught:
+            await SqliteStorage(path).open()
+        assert str(path) in str(caught.value)
+    finally:
+        path.chmod(0o644)
+
+
+async def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        await store.create(make_execution())
+    conn = raw(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+
+    with pytest.raises(StorageError, match="newer version") as caught:
+        await SqliteStorage(path).open()
+
+    assert str(path) in str(caught.value)
+    conn = raw(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+    conn.close()
+
+
+# --- several instances (or processes) on one file ------------------------------------------------
+
+
+async def test_two_instances_on_one_file_see_each_other(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as one, SqliteStorage(path) as two:
+        await one.create(make_execution("exec_1", created_at=1.0))
+        await two.create(make_execution("exec_2", created_at=2.0))
+
+        assert await one.get("exec_2") == make_execution("exec_2", created_at=2.0)
+        assert await two.get("exec_1") == make_execution("exec_1", created_at=1.0)
+
+        await two.apply([ExecutionUpdate("exec_1", "completed", 1.0, 2.0, result=FINAL)])
+        await one.apply([JobUpdate("exec_2", "job1", "processing", 1, 3.0, None)])
+
+        for store in (one, two):
+            assert await store.counts() == {"completed": 1, "pending": 1}
+            [unfinished] = await store.unfinished()
+            assert unfinished.job("job1").status == "processing"
+            exec_1 = await store.get("exec_1")
+            assert exec_1 is not None
+            assert exec_1.result == FINAL
+
+
+async def test_concurrent_writes_from_two_instances_all_land(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as one, SqliteStorage(path) as two:
+        await one.create(make_execution("exec_1", jobs=60))
+        async with anyio.create_task_group() as tg:
+            for n in range(1, 61):
+                store = one if n % 2 else two
+                update = JobUpdate("exec_1", f"job{n}", "completed", 1, 1.0, 2.0, CLIP)
+                tg.start_soon(store.apply, [update])
+
+        stored = await two.get("exec_1")
+        assert stored is not None
+        assert stored.completed_jobs == 60
+
+
+async def test_racing_idempotent_creates_yield_one_execution(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    results: dict[tuple[str, int], Any] = {}
+    async with SqliteStorage(path) as one, SqliteStorage(path) as two:
+
+        async def create(name: str, store: SqliteStorage, n: int, fingerprint: str) -> None:
+            execution = make_execution(f"exec_{name}_{n}", idempotency_key=f"key-{n}")
+            results[name, n] = await outcome(store.create(execution, fingerprint))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(40):
+                # the same request on keys 0-19, different requests on keys 20-39
+                tg.start_soon(create, "one", one, n, "fp")
+                tg.start_soon(create, "two", two, n, "fp" if n < 20 else "fp-two")
+
+        for n in range(20):
+            first, second = results["one", n], results["two", n]
+            assert isinstance(first, Execution)
+            assert isinstance(second, Execution)
+            assert first == second
+        for n in range(20, 40):
+            pair = [results["one", n], results["two", n]]
+            assert IdempotencyConflict in pair
+            assert sum(isinstance(result, Execution) for result in pair) == 1
+        assert await one.counts() == {"pending": 40}
+        assert await two.counts() == {"pending": 40}
