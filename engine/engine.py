@@ -6,11 +6,13 @@ import hashlib
 import heapq
 import logging
 import math
+import os
 import random
 import secrets
+import socket
 import statistics
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -21,8 +23,10 @@ from attrs import frozen
 
 from engine.clock import Clock, SystemClock
 from engine.errors import (
+    ConfigError,
     EngineError,
     InvalidState,
+    LeaseLost,
     PlanError,
     Problem,
     ProviderError,
@@ -41,7 +45,7 @@ from engine.models import (
 from engine.plan import ExecutionPlan
 from engine.ports import JobQueue, Notifier, Storage, VideoProvider
 from engine.retry import RetryPolicy
-from engine.scheduler import Ended, ExternalBase, Scheduler, Step, job_infos
+from engine.scheduler import Ended, Scheduler, Step, job_infos
 from engine.webhooks import payload_for
 
 log = logging.getLogger("engine")
@@ -93,7 +97,16 @@ class Engine:
     Options: ``concurrency`` (workers, default 4), ``retry`` (a :class:`RetryPolicy`),
     ``clock`` (a :class:`~engine.clock.Clock`; tests pass a ``ManualClock``), ``seed`` (for
     the retry jitter), ``shutdown_grace`` (seconds that leaving ``async with`` waits for
-    notifications still being delivered; default 5).
+    notifications still being delivered; default 5), ``lease`` and ``sweep_interval``.
+
+    Several engines may share one durable store (several processes on one SQLite file). Each
+    unfinished execution is held by one engine under a lease of ``lease`` seconds (default 30),
+    renewed every ``sweep_interval`` seconds (default 5) in one write for all it holds. Every
+    write is fenced: once another engine holds an execution, this one's writes to it are refused
+    and it stops working on it. An engine's sweep takes over executions whose lease expired, so
+    the work of an engine that died is picked up within ``lease + sweep_interval`` seconds, and
+    at once when the dead engine was a process on this host. A dependent execution whose base is
+    run by another engine learns of the base's end at its engine's next sweep.
     """
 
     def __init__(
@@ -108,11 +121,21 @@ class Engine:
         clock: Clock | None = None,
         seed: int | None = None,
         shutdown_grace: float = 5.0,
+        lease: float = 30.0,
+        sweep_interval: float = 5.0,
+        owner: str | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            from engine.errors import ConfigError
-
             raise ConfigError("concurrency must be a positive integer")
+        if not lease > 0:
+            raise ConfigError("lease must be a positive number of seconds")
+        if not 0 < sweep_interval < lease:
+            raise ConfigError("sweep_interval must be positive and shorter than the lease")
+        self.lease = lease
+        self.sweep_interval = sweep_interval
+        #: This engine's name in the store: ``host:pid:random``, so an engine on the same host can
+        #: tell that the process behind a lease is gone and take its work at once.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.storage = storage
         self.queue = queue
         self.provider = provider
@@ -188,11 +211,12 @@ class Engine:
         await task_group.__aenter__()
         self._task_group = task_group
         try:
-            await self._recover()
+            await self._claim_and_admit()
             for _ in range(self.concurrency):
                 task_group.start_soon(self._worker)
             task_group.start_soon(self._timer)
             task_group.start_soon(self._notify_loop)
+            task_group.start_soon(self._sweeper)
         except BaseException:
             task_group.cancel_scope.cancel()
             await task_group.__aexit__(None, None, None)
@@ -222,34 +246,68 @@ class Engine:
             if self._notify_receive is not None:
                 self._notify_receive.close()
             with anyio.CancelScope(shield=True):
-                await self.storage.close()
+                try:
+                    await self.storage.release(self.owner)
+                finally:
+                    await self.storage.close()
 
     def _require_started(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:
             raise InvalidState("the engine is not running: use it as `async with engine:`")
         return self._task_group
 
-    async def _recover(self) -> None:
-        """Pick up every unfinished execution in the store, bases before their dependents."""
-        pending = await self.storage.unfinished()
+    async def _claim_and_admit(self, ids: list[str] | None = None, *, resume: bool = False) -> int:
+        """Take claimable executions from the store and run them; returns how many.
+
+        At start and on every sweep: unheld ones, ones whose lease expired, ones held by an
+        engine that was a process on this host and is gone. Bases come before dependents.
+        """
         now = self.clock.now()
-        for execution in pending:
+        dead = _dead_local_holders(await self.storage.holders(), self.owner)
+        claimed = await self.storage.claim(
+            self.owner, now=now, lease_until=now + self.lease, ids=ids, dead_owners=dead
+        )
+        for execution in claimed:
+            if self.scheduler.is_live(execution.id):
+                continue
             base_id = execution.base_execution_id
             base = None
             if base_id is not None and not self.scheduler.is_live(base_id):
                 base = await self.storage.get(base_id)
-            try:
-                step = self.scheduler.admit(execution, base, now)
-            except ExternalBase:
-                log.warning(
-                    "execution %s waits for base %s, which is not unfinished here; skipped",
-                    execution.id,
-                    execution.base_execution_id,
-                )
-                continue
+            step = self.scheduler.admit(execution, base, self.clock.now(), resume=resume)
             await self._commit(step)
-        if pending:
-            log.info("recovered %d unfinished executions", len(pending))
+        if claimed and not resume:
+            log.info("%s took %d unfinished executions", self.owner, len(claimed))
+        return len(claimed)
+
+    async def _sweeper(self) -> None:
+        """Renew leases, notice lost ones, take over abandoned work, poll external bases."""
+        while True:
+            await self.clock.sleep_until(self.clock.now() + self.sweep_interval)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """One round of the sweeper (public so tests and hosts can force one)."""
+        held = await self.storage.renew(self.owner, lease_until=self.clock.now() + self.lease)
+        lost = [i for i in self.scheduler.live_executions() if i not in held]
+        if lost:
+            self._lose(lost)
+        await self._claim_and_admit()
+        for base_id in list(self.scheduler.external):
+            base = await self.storage.get(base_id)
+            if base is not None and base.status in TERMINAL:
+                step = self.scheduler.base_ended(
+                    base_id, base.status, base.result, self.clock.now()
+                )
+                await self._commit(step)
+
+    def _lose(self, execution_ids: Collection[str]) -> None:
+        """Another engine holds these now: stop working on them."""
+        log.warning("%s lost its lease on %s", self.owner, ", ".join(sorted(execution_ids)))
+        for ref in self.scheduler.drop(execution_ids):
+            scope = self._running.get(ref)
+            if scope is not None:
+                scope.cancel()
 
     # --- the public API ---------------------------------------------------------------------------
 
@@ -299,18 +357,14 @@ class Engine:
         fingerprint = None
         if idempotency_key is not None:
             fingerprint = _fingerprint(plan, base_execution_id, hook)
-        stored = await self.storage.create(execution, fingerprint)
+        stored = await self.storage.create(
+            execution, fingerprint, owner=self.owner, lease_until=now + self.lease
+        )
         if stored.id != execution.id:
             return stored.id
         if base_execution_id is not None and not self.scheduler.is_live(base_execution_id):
             base = await self.storage.get(base_execution_id)
-        try:
-            step = self.scheduler.admit(stored, base, now)
-        except ExternalBase:
-            raise InvalidState(
-                f"base execution {base_execution_id} is unfinished but not run by this engine"
-            ) from None
-        await self._commit(step)
+        await self._commit(self.scheduler.admit(stored, base, now))
         return stored.id
 
     def _checked_jobs(self, plan: ExecutionPlan, *, has_base: bool) -> tuple[JobInfo, ...]:
@@ -343,6 +397,12 @@ class Engine:
         execution = await self.get(execution_id, tenant=tenant)
         if execution.status in TERMINAL:
             return
+        if not self.scheduler.is_live(execution_id):
+            claimed = await self._claim_and_admit([execution_id])
+            if not claimed:
+                raise InvalidState(
+                    f"execution {execution_id} is run by another engine; cancel it there"
+                )
         await self._commit(self.scheduler.cancel(execution_id, self.clock.now()))
 
     async def resume(self, execution_id: str, *, tenant: str | None = None) -> None:
@@ -362,8 +422,8 @@ class Engine:
             live = self.scheduler.is_live(execution.base_execution_id)
             if not live and base is not None and base.status in ("failed", "cancelled"):
                 raise InvalidState(f"base execution {base.id} is {base.status}; resume it first")
-        step = self.scheduler.admit(execution, base, self.clock.now(), resume=True)
-        await self._commit(step)
+        if not await self._claim_and_admit([execution_id], resume=True):
+            raise InvalidState(f"execution {execution_id} could not be taken for resuming")
 
     async def watch(
         self, execution_id: str, *, tenant: str | None = None
@@ -443,7 +503,13 @@ class Engine:
     async def _commit(self, step: Step) -> None:
         """Write a step, then act on it: release ready jobs, schedule retries, abort, notify."""
         if step.changes:
-            await self.storage.apply(step.changes)
+            try:
+                await self.storage.apply(step.changes, owner=self.owner)
+            except LeaseLost as lost:
+                self._lose(lost.execution_ids)
+                self._without(step, lost.execution_ids)
+                if step.changes:
+                    await self.storage.apply(step.changes, owner=self.owner)
         self.scheduler.written(step)
         if step.ready:
             await self.queue.push(step.ready)
@@ -465,6 +531,15 @@ class Engine:
                         listener.progress(progress)
         for ended in step.ended:
             self._on_ended(ended)
+
+    @staticmethod
+    def _without(step: Step, execution_ids: Collection[str]) -> None:
+        """Drop from ``step`` everything about executions this engine no longer holds."""
+        step.changes = [c for c in step.changes if c.execution_id not in execution_ids]
+        step.ready = [r for r in step.ready if r[0] not in execution_ids]
+        step.retries = [r for r in step.retries if r[1][0] not in execution_ids]
+        step.progressed = [e for e in step.progressed if e not in execution_ids]
+        step.ended = [e for e in step.ended if e.execution_id not in execution_ids]
 
     def _on_ended(self, ended: Ended) -> None:
         if ended.status == "completed":
@@ -630,6 +705,27 @@ def _quantile(values: list[float], q: float) -> float | None:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def _dead_local_holders(holders: Mapping[str, float], me: str) -> list[str]:
+    """Holders that were processes on this host and no longer run."""
+    host = socket.gethostname()
+    dead = []
+    for holder in holders:
+        name, _, rest = holder.partition(":")
+        pid_text = rest.partition(":")[0]
+        if holder == me or name != host or not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.append(holder)
+        except PermissionError:
+            continue
+    return dead
 
 
 def new_execution_id() -> str:

@@ -12,6 +12,7 @@ The tree::
     ├── InvalidState           the operation does not apply to the execution's current status
     ├── ConfigError            an engine or policy option is out of range (also a ``ValueError``)
     └── StorageError           a backend could not read or write its store (bad file, newer schema)
+        └── LeaseLost          another engine now holds executions this one was writing
 
 Adapters translate their drivers' errors (``sqlite3``, ``httpx``) into these at their boundary.
 """
@@ -109,6 +110,15 @@ class ConfigError(EngineError, ValueError):
 
 class StorageError(EngineError):
     pass
+
+
+class LeaseLost(StorageError):
+    """An ``apply`` named executions its engine no longer holds; nothing of it was applied."""
+
+    def __init__(self, execution_ids: Iterable[str]) -> None:
+        self.execution_ids: frozenset[str] = frozenset(execution_ids)
+        listed = ", ".join(sorted(self.execution_ids))
+        super().__init__(f"lease lost on executions: {listed}")
 
 
 def problems_to_json(problems: Iterable[Problem]) -> list[Mapping[str, Any]]:

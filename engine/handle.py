@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, Self
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import anyio
 
@@ -26,6 +27,8 @@ ProgressCallback = Callable[[Progress], Any]
 CompleteCallback = Callable[[Video], Any]
 ErrorCallback = Callable[[ExecutionFailed], Any]
 
+log = logging.getLogger("engine.handle")
+
 
 class ExecutionBackend(Protocol):
     """What a handle needs from whatever runs the execution (an Engine or a remote client)."""
@@ -35,14 +38,71 @@ class ExecutionBackend(Protocol):
     async def status(self, execution_id: str) -> StatusReport: ...
 
 
+class Poller(Protocol):
+    """What a handle of a remote execution polls through (``adapters.http.EngineClient``)."""
+
+    def spawn(self, poll: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run ``poll`` in the background; ``False`` when there is nowhere to run it."""
+        ...
+
+    async def poll(self, handle: PipelineExecution) -> None:
+        """Poll until ``handle`` is done, feeding it progress and its ending."""
+        ...
+
+    async def poll_once(self, handle: PipelineExecution) -> StatusReport:
+        """Fetch the status once and feed it to ``handle``."""
+        ...
+
+    async def settle(self) -> None:
+        """Await callbacks the poller could not run in the background."""
+        ...
+
+
+@runtime_checkable
+class RemoteEngine(Protocol):
+    """A remote ``execute`` target: submits over the network and lets handles poll."""
+
+    async def submit(
+        self,
+        plan: Any,
+        *,
+        base_execution_id: str | None = None,
+        webhook: Webhook | Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str: ...
+
+    async def status(self, execution_id: str) -> StatusReport: ...
+
+    def call_soon(self, callback: Callable[[Any], Any], argument: Any) -> None: ...
+
+    def spawn(self, poll: Callable[[], Coroutine[Any, Any, None]]) -> bool: ...
+
+    async def poll(self, handle: PipelineExecution) -> None: ...
+
+    async def poll_once(self, handle: PipelineExecution) -> StatusReport: ...
+
+    async def settle(self) -> None: ...
+
+
 class PipelineExecution:
     """One submitted execution. Callbacks fire exactly once per event, plain or async; one
     registered after the execution ended fires at once. ``wait()`` returns the final video or
-    raises :class:`~engine.ExecutionFailed`."""
+    raises :class:`~engine.ExecutionFailed`.
 
-    def __init__(self, execution_id: str, backend: ExecutionBackend) -> None:
+    A remote execution (``poller`` given) polls the status endpoint in the background once a
+    callback is registered, if its poller can run a background task; ``wait()`` and ``refresh()``
+    poll too when nothing else does. With no callbacks it never polls by itself.
+    """
+
+    def __init__(
+        self, execution_id: str, backend: ExecutionBackend, *, poller: Poller | None = None
+    ) -> None:
         self.id = execution_id
         self._backend = backend
+        self._poller = poller
+        self._polling = False
+        self._poll_error: EngineError | None = None
+        self._changed = anyio.Event()
         self._status: ExecutionStatus = "pending"
         self._video: Video | None = None
         self._failure: ExecutionFailed | None = None
@@ -70,6 +130,7 @@ class PipelineExecution:
                 self._backend.call_soon(callback, self._video)
         else:
             self._on_complete.append(callback)
+            self._poll_in_background()
         return self
 
     def on_error(self, callback: ErrorCallback) -> Self:
@@ -78,10 +139,12 @@ class PipelineExecution:
                 self._backend.call_soon(callback, self._failure)
         else:
             self._on_error.append(callback)
+            self._poll_in_background()
         return self
 
     def on_progress(self, callback: ProgressCallback) -> Self:
         self._on_progress.append(callback)
+        self._poll_in_background()
         return self
 
     @property
@@ -89,9 +152,16 @@ class PipelineExecution:
         return bool(self._on_complete or self._on_error or self._on_progress)
 
     async def wait(self, timeout: float | None = None) -> Video:  # noqa: ASYNC109
-        """The final video. Raises ExecutionFailed, or TimeoutError after ``timeout`` seconds."""
+        """The final video. Raises ExecutionFailed, or TimeoutError after ``timeout`` seconds.
+
+        For a remote execution it polls, unless a background poll already does; an error that
+        stopped the polling (such as ``UnknownExecution``) is raised here.
+        """
         with anyio.fail_after(timeout):
-            await self._done.wait()
+            if self._poller is None:
+                await self._done.wait()
+            else:
+                await self._wait_polling(self._poller)
         if self._failure is not None:
             raise self._failure
         assert self._video is not None
@@ -99,6 +169,8 @@ class PipelineExecution:
 
     async def refresh(self) -> StatusReport:
         """Ask for the current status; an ending seen this way fires the callbacks too."""
+        if self._poller is not None:
+            return await self._poller.poll_once(self)
         report = await self._backend.status(self.id)
         if report.status in TERMINAL:
             self.finish(report.status, report.result, report.error)
@@ -137,6 +209,49 @@ class PipelineExecution:
         self._on_complete.clear()
         self._on_error.clear()
         self._done.set()
+        self._changed.set()
+
+    # --- remote executions: polling ---------------------------------------------------------------
+
+    def _poll_in_background(self) -> None:
+        poller = self._poller
+        if poller is None or self._polling or self._done.is_set() or self._poll_error is not None:
+            return
+        self._polling = poller.spawn(self._background_poll)
+
+    async def _background_poll(self) -> None:
+        assert self._poller is not None
+        self._polling = True
+        try:
+            await self._poller.poll(self)
+        except EngineError as exc:
+            log.warning("polling execution %s stopped: %s", self.id, exc)
+            self._poll_error = exc
+        except Exception as exc:
+            log.exception("polling execution %s failed", self.id)
+            self._poll_error = EngineError(f"polling execution {self.id} failed: {exc!r}")
+        finally:
+            self._stopped_polling()
+
+    def _stopped_polling(self) -> None:
+        self._polling = False
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait_polling(self, poller: Poller) -> None:
+        while not self._done.is_set():
+            if self._poll_error is not None:
+                error, self._poll_error = self._poll_error, None
+                raise error
+            if self._polling:
+                await self._changed.wait()
+                continue
+            self._polling = True
+            try:
+                await poller.poll(self)
+            finally:
+                self._stopped_polling()
+        await poller.settle()
 
 
 async def execute_pipeline(
@@ -150,7 +265,14 @@ async def execute_pipeline(
     api_key: str | None = None,
     idempotency_key: str | None = None,
 ) -> PipelineExecution:
-    """Submit ``pipeline`` to ``target`` (an Engine) and return its handle."""
+    """Submit ``pipeline`` to ``target`` and return its handle.
+
+    ``target`` is an :class:`~engine.Engine` (embedded) or a remote engine such as
+    ``adapters.http.EngineClient``; with no target, ``api_url`` and ``api_key`` build an
+    ``EngineClient``. A remote handle polls the status endpoint once callbacks are registered
+    (``pipeline.on_progress`` or ``handle.on_complete``/``on_error``); with none, it returns at once
+    and never polls by itself (a webhook tells the receiver instead).
+    """
     from engine.engine import Engine
 
     if webhook_secret is not None and webhook_url is None:
@@ -158,9 +280,25 @@ async def execute_pipeline(
     if target is None:
         if api_url is None:
             raise EngineError("execute() needs a target: an Engine, or api_url= and api_key=")
-        raise EngineError("the remote client (api_url=) is not available in this version")
+        if api_key is None:
+            raise EngineError("api_url= needs api_key=")
+        from adapters.http.client import EngineClient
+
+        target = EngineClient(api_url, api_key)
+    elif api_url is not None or api_key is not None:
+        raise EngineError("give execute() either a target or api_url= and api_key=, not both")
+    if isinstance(target, RemoteEngine) and not isinstance(target, Engine):
+        return await _execute_remote(
+            pipeline,
+            target,
+            base_execution_id=base_execution_id,
+            webhook=Webhook(webhook_url, webhook_secret) if webhook_url is not None else None,
+            idempotency_key=idempotency_key,
+        )
     if not isinstance(target, Engine):
-        raise TypeError(f"execute() target must be an Engine, not {type(target).__name__}")
+        raise TypeError(
+            f"execute() target must be an Engine or an EngineClient, not {type(target).__name__}"
+        )
     plan = pipeline.plan(base_execution_id=base_execution_id)
     webhook = Webhook(webhook_url, webhook_secret) if webhook_url is not None else None
     execution_id = await target.submit(
@@ -175,4 +313,25 @@ async def execute_pipeline(
     snapshot = await target.subscribe(execution_id, handle)
     if snapshot.status in TERMINAL:
         handle.finish(snapshot.status, snapshot.result, snapshot.error)
+    return handle
+
+
+async def _execute_remote(
+    pipeline: Pipeline,
+    client: RemoteEngine,
+    *,
+    base_execution_id: str | None,
+    webhook: Webhook | None,
+    idempotency_key: str | None,
+) -> PipelineExecution:
+    plan = pipeline.plan(base_execution_id=base_execution_id)
+    execution_id = await client.submit(
+        plan,
+        base_execution_id=base_execution_id,
+        webhook=webhook,
+        idempotency_key=idempotency_key,
+    )
+    handle = PipelineExecution(execution_id, client, poller=client)
+    for callback in pipeline.progress_callbacks:
+        handle.on_progress(callback)
     return handle

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol, runtime_checkable
 
 from engine.models import Change, Execution, JobRef, JobRequest, Notification, Video
@@ -33,23 +33,79 @@ class Notifier(Protocol):
 
 
 class Storage(Protocol):
+    """Executions and their jobs, and which engine holds each unfinished execution.
+
+    Several engines (processes) may share one durable store. Each unfinished execution is held
+    by one engine at a time, under a lease it renews; only the holder's writes are accepted
+    (fencing), so an engine that lost its lease (paused, partitioned, presumed dead) cannot
+    record a second result for work another engine has taken over.
+    """
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def create(self, execution: Execution, fingerprint: str | None = None) -> Execution:
-        """Store a new execution, atomically with its idempotency key if it has one.
+    async def create(
+        self,
+        execution: Execution,
+        fingerprint: str | None = None,
+        *,
+        owner: str | None = None,
+        lease_until: float | None = None,
+    ) -> Execution:
+        """Store a new execution, held by ``owner`` until ``lease_until``.
 
-        When ``execution.idempotency_key`` is set and ``(tenant, key)`` is already stored: with
-        the same ``fingerprint`` return the stored execution unchanged; with another raise
+        Atomic with its idempotency key if it has one: when ``execution.idempotency_key`` is set
+        and ``(tenant, key)`` is already stored, with the same ``fingerprint`` return the stored
+        execution unchanged (its holder is not changed); with another raise
         :class:`~engine.IdempotencyConflict`.
         """
         ...
 
     async def get(self, execution_id: str) -> Execution | None: ...
 
-    async def apply(self, changes: Sequence[Change]) -> None:
-        """Apply every change, all or nothing."""
+    async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
+        """Apply every change, all or nothing.
+
+        With ``owner``, every execution the changes name must be held by ``owner``; otherwise
+        nothing of this call is applied and :class:`~engine.errors.LeaseLost` names the
+        executions not held.
+        """
+        ...
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        limit: int | None = None,
+        ids: Collection[str] | None = None,
+        dead_owners: Collection[str] = (),
+    ) -> list[Execution]:
+        """Take executions for ``owner`` until ``lease_until``; return them oldest first.
+
+        Claimable: an unfinished execution that no one holds, whose lease expired
+        (``lease_until < now``), or whose holder is in ``dead_owners``. With ``ids``, only those
+        executions, and also ones ``owner`` holds and terminal ones (for ``cancel``/``resume``).
+        Without ``ids`` an engine's own executions are never re-taken, so a periodic sweep reads
+        only what it takes over.
+        """
+        ...
+
+    async def renew(self, owner: str, *, lease_until: float) -> set[str]:
+        """Extend every lease ``owner`` holds on unfinished executions, in one write.
+
+        Returns the ids of the unfinished executions ``owner`` still holds.
+        """
+        ...
+
+    async def release(self, owner: str, ids: Collection[str] | None = None) -> None:
+        """Give up ``owner``'s leases (all, or on ``ids``) so another engine can claim at once."""
+        ...
+
+    async def holders(self) -> dict[str, float]:
+        """Each engine holding unfinished executions, with the latest of its leases."""
         ...
 
     async def unfinished(self) -> list[Execution]:

@@ -205,18 +205,16 @@ class SchedulerStats:
     live_jobs: int
 
 
-class ExternalBase(Exception):
-    """The base execution is unfinished but not run by this scheduler."""
-
-
 @define
 class Scheduler:
     """The live DAG. See the module docstring."""
 
     retry: RetryPolicy = field(factory=RetryPolicy)
     rng: random.Random = field(factory=random.Random)
-    #: Live executions; an edge ``base -> dependent`` is a cross-execution dependency.
+    #: Live executions; an edge ``base -> dependent`` is a cross-execution dependency. A base
+    #: run by another engine is a node too, listed in ``external``, until its outcome is known.
     graph: nx.DiGraph = field(factory=nx.DiGraph, init=False)
+    external: set[str] = field(factory=set, init=False)
     _executions: dict[str, _Execution] = field(factory=dict, init=False)
     _shapes: OrderedDict[tuple[Any, ...], PlanShape] = field(factory=OrderedDict, init=False)
     # Executions that ended but whose ending the engine has not yet written: what a dependent
@@ -331,6 +329,7 @@ class Scheduler:
         self._executions[execution.id] = live
         self._live_jobs += len(jobs) - done
         self.graph.add_node(execution.id)
+        self.external.discard(execution.id)
         if execution.base_execution_id is not None:
             blocked = self._link_base(live, execution.base_execution_id, base)
             if blocked is not None:
@@ -349,20 +348,24 @@ class Scheduler:
         roots = [live.jobs[i] for i in live.shape.roots if live.jobs[i].status != "completed"]
         if not roots:
             return None
+        ending = self._unwritten_endings.get(base_id)
+        outcome: tuple[str, Video | None] | None = None
         if base_id in self._executions:
+            outcome = None
+        elif ending is not None:
+            outcome = (ending.status, ending.result)
+        elif base is not None and base.status in TERMINAL:
+            outcome = (base.status, base.result)
+        if outcome is None:
+            if base_id not in self._executions:
+                self.external.add(base_id)
             self.graph.add_edge(base_id, live.id)
             for job in roots:
                 if job.type in TRANSFORMS:
                     job.inputs = [None]
                 job.waiting += 1
             return None
-        ending = self._unwritten_endings.get(base_id)
-        if ending is not None:
-            status, result = ending.status, ending.result
-        elif base is not None and base.status in TERMINAL:
-            status, result = base.status, base.result
-        else:
-            raise ExternalBase(base_id)
+        status, result = outcome
         if status != "completed":
             return status
         for job in roots:
@@ -428,14 +431,70 @@ class Scheduler:
             if waiting.waiting == 0 and waiting.status == "pending":
                 step.ready.append((live.id, waiting.id))
         if index == live.shape.final:
-            self._release_dependents(live, video, step)
+            self._release_dependents(live.id, video, step)
             step.extend(self._end(live, "completed", video, None, now))
         else:
             step.progressed.append(live.id)
         return step
 
-    def _release_dependents(self, live: _Execution, video: Video, step: Step) -> None:
-        for dependent_id in self.graph.succ[live.id]:
+    def base_ended(
+        self, base_id: str, status: ExecutionStatus, result: Video | None, now: float
+    ) -> Step:
+        """A base run by another engine ended: release or fail the dependents waiting here."""
+        step = Step()
+        if base_id not in self.external:
+            return step
+        if status == "completed" and result is not None:
+            self._release_dependents(base_id, result, step)
+        elif status in TERMINAL:
+            for dependent_id in list(self.graph.succ[base_id]):
+                dependent = self._executions.get(dependent_id)
+                if dependent is not None:
+                    error = ErrorInfo("base_failed", f"base execution {base_id} {status}")
+                    step.extend(self._end(dependent, "failed", None, error, now))
+        else:
+            return step
+        self.external.discard(base_id)
+        if base_id in self.graph:
+            self.graph.remove_node(base_id)
+        return step
+
+    def drop(self, execution_ids: Iterable[str]) -> list[JobRef]:
+        """Forget executions another engine now holds; returns their running jobs, to abort.
+
+        Dependents still waiting here keep waiting, on an external base.
+        """
+        running: list[JobRef] = []
+        for execution_id in execution_ids:
+            live = self._executions.pop(execution_id, None)
+            if live is None:
+                continue
+            running.extend((execution_id, job_id) for job_id in live.running)
+            self._live_jobs -= sum(
+                1 for job in live.jobs if job.status in ("pending", "processing")
+            )
+            if self.graph.out_degree(execution_id):
+                self.external.add(execution_id)
+                for base_id in list(self.graph.pred[execution_id]):
+                    self.graph.remove_edge(base_id, execution_id)
+                    self._prune_external(base_id)
+            else:
+                self._remove_node(execution_id)
+        return running
+
+    def _remove_node(self, execution_id: str) -> None:
+        bases = list(self.graph.pred[execution_id])
+        self.graph.remove_node(execution_id)
+        for base_id in bases:
+            self._prune_external(base_id)
+
+    def _prune_external(self, base_id: str) -> None:
+        if base_id in self.external and not self.graph.out_degree(base_id):
+            self.external.discard(base_id)
+            self.graph.remove_node(base_id)
+
+    def _release_dependents(self, base_id: str, video: Video, step: Step) -> None:
+        for dependent_id in self.graph.succ[base_id]:
             dependent = self._executions[dependent_id]
             for i in dependent.shape.roots:
                 job = dependent.jobs[i]
@@ -548,7 +607,7 @@ class Scheduler:
             self._unwritten_endings[execution.id] = ended
         for execution, _, _ in ending:
             del self._executions[execution.id]
-            self.graph.remove_node(execution.id)
+            self._remove_node(execution.id)
         return step
 
     def _dependents_in_order(self, execution_id: str) -> list[str]:

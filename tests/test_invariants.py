@@ -18,14 +18,15 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import anyio
 import anyio.lowlevel
 import attrs
+import hypothesis
 import pytest
 from attrs import define, field, frozen
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -243,43 +244,24 @@ class CancelRequest:
 Event: TypeAlias = Start | Finish | Write | CancelRequest
 
 
-class LoggedStorage:
-    """A :class:`MemoryStorage` that logs every applied change and tracks execution statuses."""
+class LoggedStorage(MemoryStorage):
+    """A :class:`MemoryStorage` that also logs every change it applies and tracks the status
+    of each execution (an execution with no status written yet is pending)."""
 
     def __init__(self, log: list[Event]) -> None:
-        self.inner = MemoryStorage()
+        super().__init__()
         self.log = log
         self.status: dict[str, str] = {}
 
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def create(self, execution: Execution, fingerprint: str | None = None) -> Execution:
-        stored = await self.inner.create(execution, fingerprint)
-        self.status.setdefault(stored.id, stored.status)
-        return stored
-
-    async def get(self, execution_id: str) -> Execution | None:
-        return await self.inner.get(execution_id)
-
-    async def apply(self, changes: Sequence[Change]) -> None:
-        await self.inner.apply(changes)
+    async def apply(self, changes: Sequence[Change], **options: Any) -> None:
+        await super().apply(changes, **options)
         for change in changes:
             self.log.append(Write(change))
             if isinstance(change, ExecutionUpdate):
                 self.status[change.execution_id] = change.status
 
-    async def unfinished(self) -> list[Execution]:
-        return await self.inner.unfinished()
-
-    async def counts(self) -> dict[str, int]:
-        return await self.inner.counts()
-
     def ended(self, execution_ids: Sequence[str]) -> bool:
-        return all(self.status[execution_id] in TERMINAL for execution_id in execution_ids)
+        return all(self.status.get(i, "pending") in TERMINAL for i in execution_ids)
 
 
 class LoggedProvider:
@@ -369,9 +351,7 @@ async def until_ended(
         if idle >= 100:
             await anyio.wait_all_tasks_blocked()
             if len(log) == seen and not storage.ended(execution_ids):
-                stuck = {
-                    i: storage.status[i] for i in execution_ids if storage.status[i] not in TERMINAL
-                }
+                stuck = {i: storage.status.get(i, "pending") for i in execution_ids}
                 raise AssertionError(f"the engine is stuck with unfinished executions: {stuck}")
             idle = 0
 
@@ -421,7 +401,7 @@ async def run_scenario(scenario: Scenario) -> Run:
     return Run(
         ids=ids,
         events=log,
-        journal=list(storage.inner.journal),
+        journal=list(storage.journal),
         executions=executions,
         deliveries=list(notifier.deliveries),
         stats=stats,
@@ -681,15 +661,15 @@ def test_random_executions_keep_invariants(scenario: Scenario) -> None:
     check_outcomes(facts)
     for execution in run.executions:
         code = execution.error.code if execution.error else None
-        event(f"execution ended {execution.status}" + (f" ({code})" if code else ""))
+        hypothesis.event(f"execution ended {execution.status}" + (f" ({code})" if code else ""))
     if any(isinstance(e, Finish) and e.outcome == "cancelled" for e in run.events):
-        event("a running job was aborted")
+        hypothesis.event("a running job was aborted")
     if any(isinstance(e, Start) and e.attempt > 1 for e in run.events):
-        event("a job was retried")
+        hypothesis.event("a job was retried")
     if any(
         s.base is not None and scenario.submits[s.base].base is not None for s in scenario.submits
     ):
-        event("a chain of variants")
+        hypothesis.event("a chain of variants")
 
 
 # --- invariant 5 ---------------------------------------------------------------------------------

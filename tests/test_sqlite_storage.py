@@ -16,8 +16,8 @@ import pytest
 from test_storage_contract import CLIP, FINAL, make_execution, rich_execution
 
 from adapters.sqlite import SqliteStorage
-from adapters.sqlite.schema import APPLICATION_ID, SCHEMA_VERSION
-from engine.errors import ConfigError, IdempotencyConflict, StorageError
+from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from engine.errors import ConfigError, IdempotencyConflict, LeaseLost, StorageError
 from engine.models import Change, Execution, ExecutionUpdate, JobUpdate
 
 pytestmark = pytest.mark.anyio
@@ -34,6 +34,28 @@ async def outcome(call: Awaitable[Any]) -> Any:
         return await call
     except (IdempotencyConflict, StorageError) as exc:
         return type(exc)
+
+
+async def queued_in_order(path: Path, calls: list[Awaitable[Any]]) -> list[Any]:
+    """Run ``calls`` so that they queue for the writer in this order, behind a first call that
+    waits for a write lock another program holds; their outcomes. Every call after the first
+    is written in one group."""
+    results: list[Any] = [None] * len(calls)
+
+    async def run(n: int, call: Awaitable[Any]) -> None:
+        results[n] = await outcome(call)
+
+    other = raw(path)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        async with anyio.create_task_group() as tg:
+            for n, call in enumerate(calls):
+                tg.start_soon(run, n, call)
+                await anyio.wait_all_tasks_blocked()
+            other.execute("ROLLBACK")
+    finally:
+        other.close()
+    return results
 
 
 # --- durability and settings ---------------------------------------------------------------------
@@ -485,3 +507,200 @@ async def test_racing_idempotent_creates_yield_one_execution(tmp_path: Path) -> 
             assert sum(isinstance(result, Execution) for result in pair) == 1
         assert await one.counts() == {"pending": 40}
         assert await two.counts() == {"pending": 40}
+
+
+# --- ownership: fencing inside group commit, racing claimers, the v2 migration -------------------
+
+T0 = 1_000.0
+
+
+async def test_a_fenced_out_call_fails_alone_and_its_group_commits(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        await store.create(make_execution("exec_a", jobs=6), owner="A", lease_until=T0)
+        await store.create(make_execution("exec_b", jobs=6), owner="B", lease_until=T0)
+        calls: list[Awaitable[Any]] = [
+            store.apply([ExecutionUpdate("exec_a", "processing", 1.0)], owner="A")
+        ]
+        for n in range(1, 7):
+            update_a = JobUpdate("exec_a", f"job{n}", "completed", 1, 1.0, 2.0)
+            update_b = JobUpdate("exec_b", f"job{n}", "completed", 1, 1.0, 2.0)
+            calls.append(store.apply([update_a], owner="A"))
+            calls.append(store.apply([update_b], owner="A" if n == 3 else "B"))
+        calls.append(store.apply([ExecutionUpdate("exec_b", "failed", 1.0, 2.0)], owner="A"))
+        calls.append(store.apply([ExecutionUpdate("exec_b", "processing", 1.0)]))  # unfenced
+
+        results = await queued_in_order(path, calls)
+
+        lost = {n: r for n, r in enumerate(results) if r is not None}
+        assert lost == {6: LeaseLost, len(calls) - 2: LeaseLost}
+        assert store.stats.rollbacks == 0
+        assert store.stats.largest_group == len(calls) - 1
+        exec_a, exec_b = await store.get("exec_a"), await store.get("exec_b")
+        assert exec_a is not None
+        assert exec_b is not None
+        assert (exec_a.status, exec_a.completed_jobs) == ("processing", 6)
+        assert (exec_b.status, exec_b.completed_jobs) == ("processing", 5)
+        assert exec_b.job("job3").status == "pending"
+
+
+async def test_a_fence_sees_the_writes_queued_before_it_in_its_group(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        await store.create(make_execution("exec_0"))
+        await store.create(make_execution("exec_1"), owner="A", lease_until=T0)
+        new = make_execution("exec_new")
+        keyed = make_execution("exec_keyed", idempotency_key="k")
+        calls: list[Awaitable[Any]] = [
+            store.apply([ExecutionUpdate("exec_0", "processing", 1.0)]),  # waits for the lock
+            # the group: a claim, then A's write (fenced out), then B's (accepted)
+            store.apply([JobUpdate("exec_1", "job1", "processing", 1, 1.0, None)], owner="A"),
+            store.claim("B", now=T0 + 1, lease_until=T0 + 30, ids=["exec_1"]),
+            store.apply([JobUpdate("exec_1", "job2", "processing", 1, 1.0, None)], owner="A"),
+            store.apply([JobUpdate("exec_1", "job3", "processing", 1, 1.0, None)], owner="B"),
+            # creates, held, then their holder's writes: found, in the same transaction
+            store.create(new, owner="C", lease_until=T0 + 30),
+            store.create(keyed, "fp", owner="C", lease_until=T0 + 30),
+            store.apply(
+                [
+                    ExecutionUpdate("exec_new", "processing", 1.0),
+                    ExecutionUpdate("exec_keyed", "processing", 1.0),
+                ],
+                owner="C",
+            ),
+            store.release("C", ["exec_keyed"]),
+            store.apply([ExecutionUpdate("exec_keyed", "completed", 1.0, 2.0)], owner="C"),
+            store.renew("B", lease_until=T0 + 60),
+        ]
+
+        results = await queued_in_order(path, calls)
+
+        assert results[1] is None
+        assert [e.id for e in results[2]] == ["exec_1"]
+        assert results[2][0].job("job1").status == "processing"  # the write before the claim
+        assert results[3:5] == [LeaseLost, None]
+        assert results[5:9] == [new, keyed, None, None]
+        assert results[9:] == [LeaseLost, {"exec_1"}]
+        assert store.stats.largest_group == len(calls) - 1
+        assert store.stats.rollbacks == 0
+        stored = await store.get("exec_1")
+        assert stored is not None
+        assert [job.status for job in stored.jobs] == ["processing", "pending", "processing"]
+        assert await store.holders() == {"B": T0 + 60, "C": T0 + 30}
+        assert await store.counts() == {"pending": 1, "processing": 3}
+
+
+async def test_racing_claims_from_two_instances_never_overlap(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as one, SqliteStorage(path) as two:
+        async with anyio.create_task_group() as tg:
+            for n in range(50):
+                tg.start_soon(one.create, make_execution(f"exec_{n:02}", created_at=float(n)))
+        taken: dict[str, list[str]] = {
+            f"{name}-{n}": [] for name in ("one", "two") for n in range(3)
+        }
+
+        async def work(name: str, store: SqliteStorage) -> None:
+            claimed = await store.claim(name, now=T0, lease_until=T0 + 30, limit=5)
+            taken[name] += [e.id for e in claimed]
+            done = [ExecutionUpdate(e.id, "completed", 1.0, 2.0, FINAL) for e in claimed]
+            await store.apply(done, owner=name)
+
+        # rounds in which three engines on each instance claim at once, and finish what they took
+        for _ in range(10):
+            before = sum(map(len, taken.values()))
+            async with anyio.create_task_group() as tg:
+                for n in range(3):
+                    tg.start_soon(work, f"one-{n}", one)
+                    tg.start_soon(work, f"two-{n}", two)
+            if sum(map(len, taken.values())) == before:
+                break
+
+        everything = [i for ids in taken.values() for i in ids]
+        assert sorted(everything) == [f"exec_{n:02}" for n in range(50)]  # each taken once
+        assert any(taken[f"one-{n}"] for n in range(3))
+        assert any(taken[f"two-{n}"] for n in range(3))
+        assert await one.counts() == {"completed": 50}
+
+
+async def test_a_claim_blocked_by_another_programs_lock_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path, busy_timeout=0) as store:
+        await store.create(make_execution())
+        other = raw(path)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StorageError, match="locked"):
+                await store.claim("A", now=T0, lease_until=T0 + 30)
+            with pytest.raises(StorageError, match="locked"):
+                await store.renew("A", lease_until=T0 + 30)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert [e.id for e in await store.claim("A", now=T0, lease_until=T0 + 30)] == ["exec_1"]
+
+
+def _version_1_file(path: Path) -> None:
+    """A store as version 1 of the schema wrote it, with one execution in it."""
+    conn = raw(path)
+    conn.execute("BEGIN")
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO executions (id, status, tenant, idempotency_key, fingerprint, created_at, "
+        "started_at, generation) VALUES ('exec_1', 'processing', 'acme', 'k', 'fp', 1.0, 2.0, 3)"
+    )
+    conn.execute(
+        "INSERT INTO executions (id, status, created_at, completed_at, result) "
+        "VALUES ('exec_2', 'completed', 2.0, 4.0, ?)",
+        ('{"url":"u","duration":1.0,"aspectRatio":"16:9","status":"completed"}',),
+    )
+    for n, (job_id, status) in enumerate([("job1", "completed"), ("job2", "pending")]):
+        conn.execute(
+            "INSERT INTO jobs (execution_id, job_id, position, type, params, depends_on, "
+            "status, attempts) VALUES ('exec_1', ?, ?, 'generate', '{\"prompt\":\"x\"}', "
+            "'[]', ?, ?)",
+            (job_id, n, status, n),
+        )
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+async def test_a_version_1_file_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    _version_1_file(path)
+
+    async with SqliteStorage(path) as store:
+        assert (await store.pragmas())["user_version"] == SCHEMA_VERSION == 2
+        stored = await store.get("exec_1")
+        assert stored is not None
+        assert (stored.status, stored.tenant, stored.generation) == ("processing", "acme", 3)
+        assert [(job.id, job.status, job.attempts) for job in stored.jobs] == [
+            ("job1", "completed", 0),
+            ("job2", "pending", 1),
+        ]
+        assert await store.counts() == {"processing": 1, "completed": 1}
+        again = await store.create(
+            make_execution("exec_9", tenant="acme", idempotency_key="k"), "fp"
+        )
+        assert again == stored
+        # what version 1 stored is unheld: anyone may claim it, then only its holder may write
+        assert await store.holders() == {}
+        assert await store.claim("A", now=T0, lease_until=T0 + 30) == [stored]
+        with pytest.raises(LeaseLost):
+            await store.apply([ExecutionUpdate("exec_1", "failed", 2.0, 5.0)], owner="B")
+        await store.apply([ExecutionUpdate("exec_1", "failed", 2.0, 5.0)], owner="A")
+        assert await store.counts() == {"failed": 1, "completed": 1}
+
+    with raw(path) as conn:
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM executions "
+            "WHERE owner = ? AND status IN ('pending', 'processing')",
+            ("A",),
+        ).fetchall()
+    conn.close()
+    assert "executions_held" in indexes
+    assert "executions_held" in str(plan)

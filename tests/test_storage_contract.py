@@ -5,12 +5,14 @@ To add a backend, add one entry to ``BACKENDS``: a factory taking the test's ``t
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 
 from adapters.memory import MemoryStorage
 from adapters.sqlite import SqliteStorage
-from engine.errors import IdempotencyConflict, StorageError
+from engine.errors import IdempotencyConflict, LeaseLost, StorageError
 from engine.models import (
     Change,
     ErrorInfo,
@@ -229,6 +231,21 @@ async def test_idempotency_keys_are_scoped_per_tenant(storage: Storage) -> None:
             await storage.create(again, "another")
 
     assert await storage.counts() == {"pending": len(tenants)}
+
+
+async def test_a_taken_id_is_refused(storage: Storage) -> None:
+    await storage.create(make_execution("exec_1", jobs=2), owner="A", lease_until=5.0)
+
+    with pytest.raises(StorageError):
+        await storage.create(make_execution("exec_1", jobs=4), owner="B", lease_until=9.0)
+    with pytest.raises(StorageError):
+        await storage.create(make_execution("exec_1", idempotency_key="k"), "fp")
+
+    assert await storage.get("exec_1") == make_execution("exec_1", jobs=2)
+    assert await storage.holders() == {"A": 5.0}
+    assert (await storage.create(make_execution("exec_2", idempotency_key="k"), "fp")).id == (
+        "exec_2"
+    )
 
 
 async def test_executions_without_key_are_never_deduplicated(storage: Storage) -> None:
@@ -465,9 +482,293 @@ async def test_counts_follow_creates_and_updates(storage: Storage) -> None:
     }
 
 
+# --- ownership: leases, fencing, claims ----------------------------------------------------------
+
+T0 = 1_000.0  # the engines' clock in the ownership tests
+LEASE = 30.0
+
+
+async def create_held(
+    storage: Storage, n: int, owner: str | None, *, lease_until: float = T0 + LEASE, **kw: Any
+) -> list[str]:
+    """``n`` executions held by ``owner`` (``None``: unheld), created in order; their ids."""
+    ids = []
+    for i in range(n):
+        execution_id = kw.pop("execution_id", None) or f"exec_{owner or 'free'}_{i:02}"
+        execution = make_execution(execution_id, created_at=float(i), **kw)
+        await storage.create(execution, owner=owner, lease_until=lease_until)
+        ids.append(execution_id)
+    return ids
+
+
+async def test_an_owners_apply_to_what_it_holds_is_applied(storage: Storage) -> None:
+    await storage.create(make_execution(), owner="A", lease_until=T0 + LEASE)
+
+    await storage.apply([JobUpdate("exec_1", "job1", "completed", 1, 1.0, 2.0, CLIP)], owner="A")
+    await storage.apply([ExecutionUpdate("exec_1", "processing", 1.0)], owner="A")
+
+    stored = await storage.get("exec_1")
+    assert stored is not None
+    assert (stored.status, stored.job("job1").status) == ("processing", "completed")
+
+
+async def test_an_apply_by_another_owner_is_lease_lost_and_applies_nothing(
+    storage: Storage,
+) -> None:
+    await storage.create(make_execution("exec_1"), owner="A", lease_until=T0 + LEASE)
+    await storage.create(make_execution("exec_2"), owner="B", lease_until=T0 + LEASE)
+    await storage.create(make_execution("exec_3"))  # unheld: no one's writes are fenced in
+    mixed: list[Change] = [
+        JobUpdate("exec_1", "job1", "completed", 1, 1.0, 2.0, CLIP),
+        ExecutionUpdate("exec_2", "processing", 1.0),
+        JobUpdate("exec_3", "job1", "processing", 1, 1.0, None),
+        ExecutionUpdate("exec_1", "processing", 1.0),
+    ]
+
+    with pytest.raises(LeaseLost) as caught:
+        await storage.apply(mixed, owner="A")
+
+    assert isinstance(caught.value, StorageError)
+    assert caught.value.execution_ids == {"exec_2", "exec_3"}
+    for execution_id in ("exec_1", "exec_2", "exec_3"):
+        assert await storage.get(execution_id) == make_execution(execution_id)
+    assert await storage.counts() == {"pending": 3}
+    await storage.apply(mixed)  # unfenced (owner=None): applied whoever holds them
+    assert await storage.counts() == {"pending": 1, "processing": 2}
+
+
+async def test_an_expired_lease_no_one_claimed_still_counts_as_held(storage: Storage) -> None:
+    await storage.create(make_execution(), owner="A", lease_until=T0)
+
+    await storage.apply([ExecutionUpdate("exec_1", "processing", 1.0)], owner="A")
+
+    assert await storage.holders() == {"A": T0}
+    with pytest.raises(LeaseLost):
+        await storage.apply([ExecutionUpdate("exec_1", "pending")], owner="B")
+
+
+async def test_a_fenced_apply_to_an_unknown_execution_is_a_storage_error(
+    storage: Storage,
+) -> None:
+    await storage.create(make_execution(), owner="A", lease_until=T0 + LEASE)
+
+    with pytest.raises(StorageError, match="exec_nope") as caught:
+        await storage.apply(
+            [
+                ExecutionUpdate("exec_1", "processing", 1.0),
+                ExecutionUpdate("exec_nope", "processing", 1.0),
+            ],
+            owner="B",
+        )
+    assert not isinstance(caught.value, LeaseLost)
+    with pytest.raises(StorageError, match="job_nope"):
+        await storage.apply([JobUpdate("exec_1", "job_nope", "failed", 1, 1.0, 2.0)], owner="A")
+    assert await storage.get("exec_1") == make_execution()
+
+
+async def test_an_idempotent_repeat_of_create_keeps_the_holder(storage: Storage) -> None:
+    first = make_execution("exec_1", idempotency_key="k")
+    await storage.create(first, "fp", owner="A", lease_until=T0 + LEASE)
+
+    again = await storage.create(
+        make_execution("exec_2", idempotency_key="k"), "fp", owner="B", lease_until=T0 + 99
+    )
+
+    assert again == first
+    assert await storage.holders() == {"A": T0 + LEASE}
+    await storage.apply([ExecutionUpdate("exec_1", "processing", 1.0)], owner="A")
+    with pytest.raises(LeaseLost):
+        await storage.apply([ExecutionUpdate("exec_1", "processing", 1.0)], owner="B")
+
+
+async def test_claim_takes_unheld_expired_and_dead_executions(storage: Storage) -> None:
+    expected = [
+        *await create_held(storage, 2, None),
+        *await create_held(storage, 2, "expired", lease_until=T0 - 1),
+        *await create_held(storage, 2, "dead"),
+    ]
+    await create_held(storage, 2, "C")  # the claimer's own: not re-taken by a sweep
+    live = await create_held(storage, 2, "B")
+    at_the_limit = await create_held(storage, 1, "edge", lease_until=T0)  # not yet expired
+
+    claimed = await storage.claim(
+        "C", now=T0, lease_until=T0 + LEASE, dead_owners=["dead", "someone"]
+    )
+
+    assert sorted(e.id for e in claimed) == sorted(expected)
+    assert await storage.holders() == {"C": T0 + LEASE, "B": T0 + LEASE, "edge": T0}
+    for execution_id in expected:  # C holds them now; their former holders are fenced out
+        await storage.apply([ExecutionUpdate(execution_id, "processing", 1.0)], owner="C")
+    with pytest.raises(LeaseLost):
+        await storage.apply([ExecutionUpdate(expected[2], "pending")], owner="expired")
+    for execution_id in [*live, *at_the_limit]:
+        with pytest.raises(LeaseLost):
+            await storage.apply([ExecutionUpdate(execution_id, "processing", 1.0)], owner="C")
+
+
+async def test_claim_skips_finished_executions_and_returns_snapshots(storage: Storage) -> None:
+    await storage.create(make_execution("exec_done", status="completed"))
+    await storage.create(make_execution("exec_1", created_at=1.0))
+    await storage.create(make_execution("exec_2", created_at=2.0), owner="A", lease_until=T0 - 1)
+    await storage.apply([JobUpdate("exec_2", "job1", "completed", 1, 1.0, 2.0, CLIP)])
+    await storage.apply([ExecutionUpdate("exec_1", "cancelled", None, 2.0)])
+
+    claimed = await storage.claim("B", now=T0, lease_until=T0 + LEASE)
+
+    assert claimed == [await storage.get("exec_2")]
+    assert claimed[0].job("job1").result == CLIP
+
+
+async def test_claim_returns_the_oldest_first_up_to_the_limit(storage: Storage) -> None:
+    # creation order decides, not created_at
+    ids = [f"exec_{n}" for n in (5, 3, 9, 1, 7, 2)]
+    for n, execution_id in enumerate(ids):
+        await storage.create(make_execution(execution_id, created_at=100.0 - n))
+
+    first = await storage.claim("A", now=T0, lease_until=T0 + LEASE, limit=4)
+    second = await storage.claim("B", now=T0, lease_until=T0 + LEASE, limit=4)
+    nothing = await storage.claim("B", now=T0, lease_until=T0 + LEASE, limit=0)
+
+    assert [e.id for e in first] == ids[:4]
+    assert [e.id for e in second] == ids[4:]
+    assert nothing == []
+    assert await storage.claim("C", now=T0, lease_until=T0 + LEASE) == []
+
+
+async def test_claim_by_ids_takes_only_those_and_finished_ones_too(storage: Storage) -> None:
+    await storage.create(make_execution("exec_failed", status="failed"), owner="B")
+    await storage.create(make_execution("exec_mine"), owner="A", lease_until=T0 + LEASE)
+    await storage.create(make_execution("exec_free"))
+    await storage.create(make_execution("exec_live"), owner="B", lease_until=T0 + LEASE)
+    await storage.create(make_execution("exec_other"))
+
+    claimed = await storage.claim(
+        "A",
+        now=T0,
+        lease_until=T0 + 60,
+        ids=["exec_live", "exec_free", "exec_nope", "exec_failed", "exec_free"],
+    )
+
+    assert [e.id for e in claimed] == ["exec_failed", "exec_free"]  # creation order
+    assert claimed[0] == make_execution("exec_failed", status="failed")
+    # resuming: the finished execution is A's now, and becomes unfinished again
+    await storage.apply([ExecutionUpdate("exec_failed", "pending", generation=1)], owner="A")
+    assert await storage.holders() == {"A": T0 + 60, "B": T0 + LEASE}
+    assert await storage.renew("A", lease_until=T0 + 90) == {
+        "exec_failed",
+        "exec_free",
+        "exec_mine",
+    }
+    assert await storage.claim("A", now=T0, lease_until=T0 + 90, ids=[]) == []
+    assert [e.id for e in await storage.claim("C", now=T0, lease_until=T0 + 1)] == ["exec_other"]
+
+
+async def test_renew_extends_every_lease_held_and_returns_the_held_set(storage: Storage) -> None:
+    mine = await create_held(storage, 3, "A", lease_until=T0 + 5)
+    await create_held(storage, 1, "B", lease_until=T0 + 5)
+    await storage.create(make_execution("exec_done", status="completed"), owner="A")
+    await storage.apply([ExecutionUpdate(mine[2], "completed", 1.0, 2.0, FINAL)], owner="A")
+
+    held = await storage.renew("A", lease_until=T0 + 50)
+
+    assert held == set(mine[:2])
+    assert await storage.holders() == {"A": T0 + 50, "B": T0 + 5}
+    # extended: not claimable at a time the old lease would have expired
+    assert [e.id for e in await storage.claim("C", now=T0 + 10, lease_until=T0 + 40)] == [
+        "exec_B_00"
+    ]
+    assert await storage.renew("nobody", lease_until=T0 + 50) == set()
+
+
+async def test_renew_no_longer_returns_what_another_owner_took_over(storage: Storage) -> None:
+    mine = await create_held(storage, 3, "A", lease_until=T0)
+    await storage.renew("A", lease_until=T0 + 5)  # A is paused: its lease runs out
+
+    taken = await storage.claim("B", now=T0 + 6, lease_until=T0 + 36, limit=2)
+
+    assert [e.id for e in taken] == mine[:2]
+    assert await storage.renew("A", lease_until=T0 + 40) == {mine[2]}
+    with pytest.raises(LeaseLost) as caught:
+        await storage.apply(
+            [ExecutionUpdate(mine[1], "completed", 1.0, 2.0), ExecutionUpdate(mine[2], "pending")],
+            owner="A",
+        )
+    assert caught.value.execution_ids == {mine[1]}
+    assert await storage.holders() == {"A": T0 + 40, "B": T0 + 36}
+
+
+async def test_release_makes_executions_claimable_at_once(storage: Storage) -> None:
+    mine = await create_held(storage, 4, "A", lease_until=T0 + 999)
+    others = await create_held(storage, 1, "B")
+
+    await storage.release("A", [mine[0], others[0], "exec_nope"])
+    assert [e.id for e in await storage.claim("C", now=T0, lease_until=T0 + 1)] == [mine[0]]
+    assert await storage.holders() == {"A": T0 + 999, "B": T0 + LEASE, "C": T0 + 1}
+
+    await storage.release("A")
+    assert await storage.holders() == {"B": T0 + LEASE, "C": T0 + 1}
+    assert await storage.renew("A", lease_until=T0 + 5) == set()
+    with pytest.raises(LeaseLost):
+        await storage.apply([ExecutionUpdate(mine[1], "processing", 1.0)], owner="A")
+    claimed = await storage.claim("D", now=T0, lease_until=T0 + 1)
+    assert [e.id for e in claimed] == mine[1:]
+    await storage.release("A")  # nothing held: nothing happens
+    await storage.release("D", [])
+
+
+async def test_holders_lists_the_latest_lease_of_each_engine_on_unfinished_work(
+    storage: Storage,
+) -> None:
+    assert await storage.holders() == {}
+    await storage.create(make_execution("exec_1"), owner="A", lease_until=T0 + 1)
+    await storage.create(make_execution("exec_2"), owner="A", lease_until=T0 + 7)
+    await storage.create(make_execution("exec_3"), owner="B", lease_until=T0 + 2)
+    await storage.create(make_execution("exec_4"), owner="C", lease_until=T0 + 9)
+    await storage.create(make_execution("exec_5"), owner="D")  # held with no expiry
+    await storage.create(make_execution("exec_6"))  # unheld
+    await storage.create(make_execution("exec_7", status="completed"), owner="E")
+
+    await storage.apply([ExecutionUpdate("exec_4", "completed", 1.0, 2.0)], owner="C")
+
+    assert await storage.holders() == {"A": T0 + 7, "B": T0 + 2, "D": math.inf}
+    # a finished execution stays held: its holder's late writes are accepted, others' are not
+    await storage.apply([JobUpdate("exec_4", "job1", "cancelled", 0, None, 2.0)], owner="C")
+    with pytest.raises(LeaseLost):
+        await storage.apply([JobUpdate("exec_4", "job1", "cancelled", 0, None, 2.0)], owner="A")
+    await storage.apply([ExecutionUpdate("exec_4", "processing", 1.0)], owner="C")
+    assert await storage.holders() == {"A": T0 + 7, "B": T0 + 2, "C": T0 + 9, "D": math.inf}
+
+
+async def test_racing_claimers_never_take_the_same_execution(storage: Storage) -> None:
+    await create_held(storage, 50, None)
+    taken: dict[str, list[str]] = {"A": [], "B": []}
+
+    async def work(owner: str) -> None:
+        while True:
+            claimed = await storage.claim(owner, now=T0, lease_until=T0 + LEASE, limit=5)
+            if not claimed:
+                return
+            taken[owner] += [e.id for e in claimed]
+            done = [ExecutionUpdate(e.id, "completed", 1.0, 2.0, FINAL) for e in claimed]
+            await storage.apply(done, owner=owner)  # never LeaseLost: no one else took them
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(work, "A")
+        tg.start_soon(work, "B")
+
+    assert not set(taken["A"]) & set(taken["B"])
+    assert len(taken["A"]) + len(taken["B"]) == 50
+    assert taken["A"]
+    assert taken["B"]
+    assert await storage.counts() == {"completed": 50}
+
+
 # --- every backend agrees with the reference, on random steps ------------------------------------
 
 STATUSES = ["pending", "processing", "completed", "failed", "cancelled"]
+OWNERS = [None, "A", "B"]
+ENGINES = ["A", "B", "C"]
 
 create_step = st.tuples(
     st.just("create"),
@@ -475,6 +776,8 @@ create_step = st.tuples(
     st.sampled_from([None, "k1", "k2"]),  # idempotency key
     st.sampled_from([None, "fp1", "fp2"]),  # fingerprint
     st.integers(1, 3),  # jobs
+    st.sampled_from(OWNERS),
+    st.sampled_from([None, 2, 5]),  # lease_until
 )
 job_step = st.tuples(
     st.just("job"),
@@ -489,8 +792,30 @@ execution_step = st.tuples(
     st.sampled_from(STATUSES),
     st.integers(0, 2),
 )
+claim_step = st.tuples(
+    st.just("claim"),
+    st.sampled_from(ENGINES),
+    st.integers(0, 6),  # now
+    st.integers(1, 4),  # lease length
+    st.sampled_from([None, 0, 1, 2]),  # limit
+    st.none() | st.lists(st.integers(0, 5), max_size=3),  # ids
+    st.lists(st.sampled_from(ENGINES), max_size=2),  # dead owners
+)
+renew_step = st.tuples(st.just("renew"), st.sampled_from(ENGINES), st.integers(0, 8))
+release_step = st.tuples(
+    st.just("release"),
+    st.sampled_from(ENGINES),
+    st.none() | st.lists(st.integers(0, 5), max_size=3),
+)
 steps = st.lists(
-    st.lists(st.one_of(create_step, job_step, execution_step), min_size=1, max_size=3),
+    st.tuples(
+        st.sampled_from(OWNERS),  # the owner this batch's apply is fenced by
+        st.lists(
+            st.one_of(create_step, job_step, execution_step, claim_step, renew_step, release_step),
+            min_size=1,
+            max_size=4,
+        ),
+    ),
     min_size=1,
     max_size=12,
 )
@@ -518,9 +843,30 @@ def _changes(batch: list[tuple[Any, ...]], ids: list[str]) -> list[Change]:
     return changes
 
 
+def _ownership_call(store: Storage, step: tuple[Any, ...], ids: list[str]) -> Any:
+    kind = step[0]
+    if kind == "claim":
+        _, owner, now, length, limit, targets, dead = step
+        return store.claim(
+            owner,
+            now=float(now),
+            lease_until=float(now + length),
+            limit=limit,
+            ids=None if targets is None else [_target(ids, n) for n in targets],
+            dead_owners=dead,
+        )
+    if kind == "renew":
+        _, owner, lease_until = step
+        return store.renew(owner, lease_until=float(lease_until))
+    _, owner, targets = step
+    return store.release(owner, None if targets is None else [_target(ids, n) for n in targets])
+
+
 async def _outcome(call: Any) -> Any:
     try:
         return await call
+    except LeaseLost as exc:
+        return LeaseLost, exc.execution_ids
     except (IdempotencyConflict, StorageError) as exc:
         return type(exc)
 
@@ -530,7 +876,9 @@ async def _outcome(call: Any) -> Any:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=steps)
-async def test_every_backend_agrees_with_memory(steps: list[list[tuple[Any, ...]]]) -> None:
+async def test_every_backend_agrees_with_memory(
+    steps: list[tuple[str | None, list[tuple[Any, ...]]]],
+) -> None:
     with tempfile.TemporaryDirectory() as directory:
         reference = MemoryStorage()
         others = [make(Path(directory)) for name, make in BACKENDS.items() if name != "memory"]
@@ -539,26 +887,39 @@ async def test_every_backend_agrees_with_memory(steps: list[list[tuple[Any, ...]
             await store.open()
         try:
             ids: list[str] = []
-            for batch in steps:
-                creates = [step for step in batch if step[0] == "create"]
-                for n, (_, tenant, key, fingerprint, jobs) in enumerate(creates):
-                    execution = make_execution(
-                        f"exec_{len(ids)}_{n}",
-                        created_at=float(len(ids)),
-                        tenant=tenant,
-                        idempotency_key=key,
-                        jobs=jobs,
-                    )
-                    outcomes = [await _outcome(s.create(execution, fingerprint)) for s in stores]
-                    assert all(o == outcomes[0] for o in outcomes), outcomes
-                    if isinstance(outcomes[0], Execution) and outcomes[0].id not in ids:
-                        ids.append(outcomes[0].id)
+            for owner, batch in steps:
+                for n, step in enumerate(batch):
+                    if step[0] == "create":
+                        _, tenant, key, fingerprint, jobs, holder, lease_until = step
+                        execution = make_execution(
+                            f"exec_{len(ids)}_{n}",
+                            created_at=float(len(ids)),
+                            tenant=tenant,
+                            idempotency_key=key,
+                            jobs=jobs,
+                        )
+                        outcomes = [
+                            await _outcome(
+                                s.create(
+                                    execution, fingerprint, owner=holder, lease_until=lease_until
+                                )
+                            )
+                            for s in stores
+                        ]
+                        if isinstance(outcomes[0], Execution) and outcomes[0].id not in ids:
+                            ids.append(outcomes[0].id)
+                    elif step[0] in ("claim", "renew", "release"):
+                        outcomes = [await _outcome(_ownership_call(s, step, ids)) for s in stores]
+                    else:
+                        continue
+                    assert all(o == outcomes[0] for o in outcomes), (step, outcomes)
                 changes = _changes(batch, ids)
-                outcomes = [await _outcome(s.apply(changes)) for s in stores]
-                assert all(o == outcomes[0] for o in outcomes), outcomes
+                outcomes = [await _outcome(s.apply(changes, owner=owner)) for s in stores]
+                assert all(o == outcomes[0] for o in outcomes), (owner, changes, outcomes)
                 for store in others:
                     assert await store.counts() == await reference.counts()
                     assert await store.unfinished() == await reference.unfinished()
+                    assert await store.holders() == await reference.holders()
                     for execution_id in ids:
                         assert await store.get(execution_id) == await reference.get(execution_id)
         finally:

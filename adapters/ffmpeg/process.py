@@ -1,15 +1,15 @@
 """Find the FFmpeg binary and run it: stderr kept for errors, the process killed on cancellation.
 
-The binary is the one the ``imageio-ffmpeg`` wheel ships (``pip install 'videoflow-engine[ffmpeg]'``),
-imported only when first needed; ``IMAGEIO_FFMPEG_EXE`` (read by imageio-ffmpeg) or an explicit
-path overrides it.
+The binary is the one the ``imageio-ffmpeg`` wheel ships (the ``ffmpeg`` extra), imported only
+when first needed; ``IMAGEIO_FFMPEG_EXE`` (read by imageio-ffmpeg) or an explicit path given to
+the provider overrides it.
 """
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 from collections import deque
-from collections.abc import Sequence
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
@@ -17,7 +17,14 @@ from attrs import frozen
 
 from engine.errors import ProviderError
 
-__all__ = ["FFmpegCommand", "FFmpegFailed", "ffmpeg_exe", "run_ffmpeg"]
+__all__ = [
+    "INPUT_FORMATS",
+    "FFmpegCommand",
+    "FFmpegFailed",
+    "ffmpeg_exe",
+    "input_args",
+    "run_ffmpeg",
+]
 
 #: How many of FFmpeg's last stderr lines an error carries.
 STDERR_LINES = 12
@@ -31,13 +38,24 @@ _TRANSIENT = (
 )
 
 
+#: Demuxers FFmpeg may use on an input file: ordinary audio and video files only. Playlists (HLS,
+#: DASH), concat scripts, image sequences and devices are refused, since through them one input
+#: file could make FFmpeg read other files.
+INPUT_FORMATS = "mov,matroska,avi,mpegts,mpeg,flv,asf,ivf,wav,w64,aiff,caf,mp3,aac,ogg,flac,wv,amr"
+
+
+def input_args(path: str) -> list[str]:
+    """``-i path`` for a file that came from a plan: local files only, media formats only."""
+    return ["-protocol_whitelist", "file", "-format_whitelist", INPUT_FORMATS, "-i", path]
+
+
 def ffmpeg_exe() -> str:
     """The path of the FFmpeg binary from the ``imageio-ffmpeg`` wheel.
 
     Raises ``ModuleNotFoundError`` naming the extra to install when the wheel is missing.
     """
     try:
-        import imageio_ffmpeg
+        imageio_ffmpeg = importlib.import_module("imageio_ffmpeg")
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
             "adapters.ffmpeg needs the FFmpeg binary from the 'imageio-ffmpeg' package: "
@@ -109,8 +127,9 @@ async def run_ffmpeg(
     returncode = process.returncode if process.returncode is not None else -1
     stderr = "\n".join(tail)
     if check and returncode != 0:
-        raise FFmpegFailed(f"{what} failed (exit status {returncode})", stderr=stderr,
-                           returncode=returncode)
+        raise FFmpegFailed(
+            f"{what} failed (exit status {returncode})", stderr=stderr, returncode=returncode
+        )
     return returncode, stderr
 
 
@@ -145,4 +164,3 @@ def _keep(line: bytes, tail: deque[str]) -> None:
     text = line.decode("utf-8", "replace").rstrip("\r").rstrip()
     if text:
         tail.append(text)
-

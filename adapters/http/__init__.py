@@ -1,6 +1,15 @@
-"""HTTP adapters: webhook delivery (:class:`HttpNotifier`) behind an SSRF guard."""
+"""HTTP adapters: webhook delivery (:class:`HttpNotifier`) behind an SSRF guard, and the remote
+``execute`` target (:class:`EngineClient`) for the HTTP API."""
 
+from adapters.http.client import EngineClient, TransportError
 from adapters.http.notifier import DeliveryAttempt, DeliveryResult, HttpNotifier
 from adapters.http.ssrf import WebhookRefused
 
-__all__ = ["DeliveryAttempt", "DeliveryResult", "HttpNotifier", "WebhookRefused"]
+__all__ = [
+    "DeliveryAttempt",
+    "DeliveryResult",
+    "EngineClient",
+    "HttpNotifier",
+    "TransportError",
+    "WebhookRefused",
+]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import attrs
 from attrs import define, field
 
-from engine.errors import IdempotencyConflict, StorageError
+from engine.errors import IdempotencyConflict, LeaseLost, StorageError
 from engine.models import Change, Execution, ExecutionUpdate, JobInfo, JobUpdate
 
 _UNFINISHED = frozenset({"pending", "processing"})
@@ -21,6 +22,18 @@ class MemoryStorage:
     ``journal`` records every applied change, in order, for tests that check what was written
     (a job's completion must be written exactly once, for instance); ``keep_journal=False``
     turns it off for long-running use.
+
+    Several engines in one process may share one instance: executions are held, leased and
+    fenced as the :class:`~engine.ports.Storage` port says. Ownership choices, the same as
+    :class:`~adapters.sqlite.SqliteStorage`'s:
+
+    - ``create`` with an ``owner`` and no ``lease_until`` holds the execution with no expiry
+      (``holders()`` reports ``math.inf``) until it is released or claimed from a dead owner.
+    - A finished execution stays held by its last holder (its late writes are still accepted);
+      ``release(owner)`` without ``ids`` gives up the unfinished executions only, since a hold
+      on a finished one blocks no claim. ``release(owner, ids)`` gives up those ids, finished
+      or not.
+    - ``claim`` with ``limit <= 0`` takes nothing.
     """
 
     keep_journal: bool = True
@@ -34,6 +47,15 @@ class MemoryStorage:
     )
     _counts: Counter[str] = field(factory=Counter, init=False)
     _job_ids: dict[str, frozenset[str]] = field(factory=dict, init=False)
+    # Creation order, for "oldest first".
+    _seq: dict[str, int] = field(factory=dict, init=False)
+    # Executions pending or processing.
+    _open: set[str] = field(factory=set, init=False)
+    # Who holds each held execution (finished or not), and until when.
+    _holder: dict[str, str] = field(factory=dict, init=False)
+    _lease: dict[str, float] = field(factory=dict, init=False)
+    # The unfinished executions each engine holds: what renew() and holders() read.
+    _held: dict[str, set[str]] = field(factory=dict, init=False)
 
     async def open(self) -> None:
         return None
@@ -41,7 +63,15 @@ class MemoryStorage:
     async def close(self) -> None:
         return None
 
-    async def create(self, execution: Execution, fingerprint: str | None = None) -> Execution:
+    async def create(
+        self,
+        execution: Execution,
+        fingerprint: str | None = None,
+        *,
+        owner: str | None = None,
+        lease_until: float | None = None,
+    ) -> Execution:
+        execution_id = execution.id
         if execution.idempotency_key is not None:
             scope = (execution.tenant, execution.idempotency_key)
             known = self._idempotency.get(scope)
@@ -53,11 +83,24 @@ class MemoryStorage:
                         "with a different request"
                     )
                 return self._snapshot(existing_id)
-            self._idempotency[scope] = (execution.id, fingerprint)
-        self._executions[execution.id] = execution
-        self._pending[execution.id] = {}
-        self._job_ids[execution.id] = frozenset(job.id for job in execution.jobs)
+        if execution_id in self._executions:
+            raise StorageError(f"cannot create execution {execution_id!r}: the id is taken")
+        if execution.idempotency_key is not None:
+            self._idempotency[execution.tenant, execution.idempotency_key] = (
+                execution_id,
+                fingerprint,
+            )
+        self._executions[execution_id] = execution
+        self._pending[execution_id] = {}
+        self._job_ids[execution_id] = frozenset(job.id for job in execution.jobs)
+        self._seq[execution_id] = len(self._seq)
         self._counts[execution.status] += 1
+        unfinished = execution.status in _UNFINISHED
+        if unfinished:
+            self._open.add(execution_id)
+        if owner is not None:
+            lease = math.inf if lease_until is None else lease_until
+            self._hold(execution_id, owner, lease, unfinished)
         return execution
 
     async def get(self, execution_id: str) -> Execution | None:
@@ -78,8 +121,8 @@ class MemoryStorage:
             updates.clear()
         return execution
 
-    async def apply(self, changes: Sequence[Change]) -> None:
-        self._check_targets(changes)
+    async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
+        self._check_targets(changes, owner)
         for change in changes:
             if isinstance(change, JobUpdate):
                 self._pending[change.execution_id][change.job_id] = change
@@ -88,15 +131,34 @@ class MemoryStorage:
         if self.keep_journal:
             self.journal.extend(changes)
 
-    def _check_targets(self, changes: Sequence[Change]) -> None:
-        """Refuse the whole ``apply`` (all or nothing) when a change names nothing stored."""
+    def _check_targets(self, changes: Sequence[Change], owner: str | None) -> None:
+        """Refuse the whole ``apply`` (all or nothing) when a change names nothing stored, or,
+        with ``owner``, an execution ``owner`` does not hold.
+
+        An unknown execution is reported first, then executions not held, then unknown jobs
+        (the order in which the SQLite store finds them).
+        """
         missing: list[str] = []
+        unknown_execution = False
+        lost: list[str] = []
+        job_ids_of = self._job_ids
+        holder = self._holder
+        checked = None  # the last execution checked: consecutive changes often share one
         for change in changes:
-            job_ids = self._job_ids.get(change.execution_id)
+            execution_id = change.execution_id
+            job_ids = job_ids_of.get(execution_id)
             if job_ids is None:
-                missing.append(f"execution {change.execution_id!r}")
-            elif isinstance(change, JobUpdate) and change.job_id not in job_ids:
-                missing.append(f"job {change.job_id!r} of execution {change.execution_id!r}")
+                missing.append(f"execution {execution_id!r}")
+                unknown_execution = True
+                continue
+            if isinstance(change, JobUpdate) and change.job_id not in job_ids:
+                missing.append(f"job {change.job_id!r} of execution {execution_id!r}")
+            if owner is not None and execution_id != checked:
+                checked = execution_id
+                if holder.get(execution_id) != owner:
+                    lost.append(execution_id)
+        if lost and not unknown_execution:
+            raise LeaseLost(lost)
         if missing:
             raise StorageError(
                 f"cannot apply changes: no such {', '.join(dict.fromkeys(missing))}; "
@@ -104,12 +166,16 @@ class MemoryStorage:
             )
 
     def _apply_execution(self, change: ExecutionUpdate) -> None:
-        execution = self._executions[change.execution_id]
-        self._counts[execution.status] -= 1
-        self._counts[change.status] += 1
-        self._executions[change.execution_id] = attrs.evolve(
+        execution_id = change.execution_id
+        execution = self._executions[execution_id]
+        before, after = execution.status, change.status
+        self._counts[before] -= 1
+        self._counts[after] += 1
+        if (before in _UNFINISHED) != (after in _UNFINISHED):
+            self._reopen(execution_id, after in _UNFINISHED)
+        self._executions[execution_id] = attrs.evolve(
             execution,
-            status=change.status,
+            status=after,
             started_at=change.started_at,
             completed_at=change.completed_at,
             result=change.result,
@@ -117,8 +183,95 @@ class MemoryStorage:
             generation=change.generation,
         )
 
+    def _reopen(self, execution_id: str, unfinished: bool) -> None:
+        """An execution became unfinished again (``unfinished``), or finished."""
+        holder = self._holder.get(execution_id)
+        if unfinished:
+            self._open.add(execution_id)
+            if holder is not None:
+                self._held.setdefault(holder, set()).add(execution_id)
+        else:
+            self._open.discard(execution_id)
+            if holder is not None:
+                self._drop_held(holder, execution_id)
+
+    # --- ownership ------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        limit: int | None = None,
+        ids: Collection[str] | None = None,
+        dead_owners: Collection[str] = (),
+    ) -> list[Execution]:
+        if limit is not None and limit <= 0:
+            return []
+        takeable = {*dead_owners, owner} if ids is not None else set(dead_owners)
+        holder, lease, open_ = self._holder, self._lease, self._open
+
+        def claimable(execution_id: str) -> bool:
+            held_by = holder.get(execution_id)
+            return held_by is None or held_by in takeable or lease[execution_id] < now
+
+        if ids is None:
+            chosen = [i for i in open_ if claimable(i)]
+        else:
+            chosen = [
+                i for i in dict.fromkeys(ids) if i in self._seq and (i not in open_ or claimable(i))
+            ]
+        chosen.sort(key=self._seq.__getitem__)
+        if limit is not None:
+            del chosen[limit:]
+        for execution_id in chosen:
+            self._hold(execution_id, owner, lease_until, execution_id in open_)
+        return [self._snapshot(execution_id) for execution_id in chosen]
+
+    async def renew(self, owner: str, *, lease_until: float) -> set[str]:
+        held = self._held.get(owner)
+        if not held:
+            return set()
+        lease = self._lease
+        for execution_id in held:
+            lease[execution_id] = lease_until
+        return set(held)
+
+    async def release(self, owner: str, ids: Collection[str] | None = None) -> None:
+        if ids is None:
+            targets: Collection[str] = self._held.pop(owner, ())
+        else:
+            targets = [i for i in dict.fromkeys(ids) if self._holder.get(i) == owner]
+        for execution_id in targets:
+            del self._holder[execution_id]
+            del self._lease[execution_id]
+            self._drop_held(owner, execution_id)
+
+    async def holders(self) -> dict[str, float]:
+        lease = self._lease
+        return {owner: max(lease[i] for i in held) for owner, held in self._held.items()}
+
+    def _hold(self, execution_id: str, owner: str, lease_until: float, unfinished: bool) -> None:
+        previous = self._holder.get(execution_id)
+        if previous is not None and previous != owner:
+            self._drop_held(previous, execution_id)
+        self._holder[execution_id] = owner
+        self._lease[execution_id] = lease_until
+        if unfinished:
+            self._held.setdefault(owner, set()).add(execution_id)
+
+    def _drop_held(self, owner: str, execution_id: str) -> None:
+        held = self._held.get(owner)
+        if held is not None:
+            held.discard(execution_id)
+            if not held:
+                del self._held[owner]
+
+    # --- reads ----------------------------------------------------------------------------------
+
     async def unfinished(self) -> list[Execution]:
-        return [self._snapshot(e.id) for e in self._executions.values() if e.status in _UNFINISHED]
+        return [self._snapshot(i) for i in sorted(self._open, key=self._seq.__getitem__)]
 
     async def counts(self) -> dict[str, int]:
         return {status: n for status, n in self._counts.items() if n}
@@ -130,6 +283,11 @@ class MemoryStorage:
         self._idempotency.clear()
         self._counts.clear()
         self._job_ids.clear()
+        self._seq.clear()
+        self._open.clear()
+        self._holder.clear()
+        self._lease.clear()
+        self._held.clear()
 
 
 def _job_with(job: JobInfo, change: JobUpdate) -> JobInfo:

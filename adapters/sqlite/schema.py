@@ -25,6 +25,15 @@ Layout (version 1):
   ``get()``, ``(execution_id, job_id)`` finds one for an update.
 - ``execution_counts``: executions per status, kept by triggers, so ``counts()`` is a read of a
   few rows instead of a scan of every execution.
+
+Version 2 adds execution ownership (leases and fencing, see :class:`~engine.ports.Storage`):
+
+- ``executions.owner``: the engine holding the execution, or ``NULL`` when no one does;
+  ``executions.lease_until``: until when (a number on the engines' clock; ``NULL`` when
+  unheld, ``Inf`` for a hold without expiry). A finished execution keeps its last holder.
+- ``executions_held``: ``(owner, lease_until)`` over unfinished executions only, so that
+  ``renew(owner)``, ``release(owner)`` and ``holders()`` read the held rows, not the history.
+  ``claim`` scans the unfinished executions in ``seq`` order through ``executions_unfinished``.
 """
 
 from __future__ import annotations
@@ -110,8 +119,18 @@ _V1 = (
     """,
 )
 
+_V2 = (
+    "ALTER TABLE executions ADD COLUMN owner TEXT",
+    "ALTER TABLE executions ADD COLUMN lease_until REAL",
+    """
+    CREATE INDEX executions_held
+    ON executions (owner, lease_until)
+    WHERE status IN ('pending', 'processing')
+    """,
+)
+
 #: ``MIGRATIONS[i]`` takes a file from schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 
 #: The schema version this code writes: the number of migrations.
 SCHEMA_VERSION = len(MIGRATIONS)

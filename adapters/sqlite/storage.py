@@ -10,7 +10,14 @@ queued write (up to :data:`MAX_GROUP`, its own first), commits them in one ``BEG
 transaction, wakes their callers, and hands the role to the caller of the oldest write still
 queued, which wrote nothing yet. So one writer at a time, no write acknowledged before its
 ``COMMIT`` returned, and no task outlives the calls: ``open()`` and ``close()`` may be called
-from any task, in any nesting of task groups.
+from any task, in any nesting of task groups. ``claim``, ``renew`` and ``release`` are writes
+too and go through the same queue.
+
+Fencing: an ``apply`` with an ``owner`` is checked inside the writer's transaction, before any
+of its statements run, against the ``owner`` column as the writes queued before it in the
+group left it. A call whose executions are not all held by its owner is skipped and fails with
+:class:`~engine.errors.LeaseLost`; the rest of its group commits. Consecutive applies in a
+group (nothing between them can change a holder) are checked with one query.
 """
 
 from __future__ import annotations
@@ -21,17 +28,17 @@ import math
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiosqlite
 import anyio
 from attrs import define, field
 
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from engine.errors import ConfigError, IdempotencyConflict, StorageError
+from engine.errors import ConfigError, IdempotencyConflict, LeaseLost, StorageError
 from engine.models import (
     Change,
     ErrorInfo,
@@ -46,11 +53,14 @@ from engine.wire import error_from_json, error_to_json, video_from_json, video_t
 
 Synchronous = Literal["FULL", "NORMAL"]
 
-#: The most create/apply calls one write transaction takes.
+#: The most write calls (create, apply, claim, renew, release) one write transaction takes.
 MAX_GROUP = 1024
 
-#: From this many rows on, ``unfinished()`` decodes them in a worker thread.
+#: From this many rows on, ``unfinished()`` and ``claim()`` decode them in a worker thread.
 _ASSEMBLE_IN_THREAD = 2000
+
+#: The most values bound to one ``IN (...)`` list (SQLite's limit is 999 on old builds).
+_CHUNK = 500
 
 _Row = tuple[Any, ...]
 
@@ -76,6 +86,42 @@ _SELECT_UNFINISHED = f"""
     WHERE e.status IN ('pending', 'processing')
     ORDER BY e.seq, j.position
 """
+_SELECT_BY_SEQ = f"""
+    SELECT {_EXECUTION_COLUMNS}, {_JOB_COLUMNS}
+    FROM executions AS e LEFT JOIN jobs AS j ON j.execution_id = e.id
+    WHERE e.seq IN ({{marks}})
+    ORDER BY e.seq, j.position
+"""
+_SELECT_HOLDERS = """
+    SELECT owner, max(lease_until) FROM executions
+    WHERE status IN ('pending', 'processing') AND owner IS NOT NULL
+    GROUP BY owner
+"""
+_SELECT_OWNERS = "SELECT id, owner FROM executions WHERE id IN ({marks})"
+# Claimable: unheld, expired, or held by one of the takeable owners (dead ones; the claimer too
+# when it names the executions).
+_CLAIMABLE = "(owner IS NULL OR lease_until < ? OR owner IN ({marks}))"
+_SELECT_CLAIMABLE = f"""
+    SELECT seq FROM executions
+    WHERE status IN ('pending', 'processing') AND {_CLAIMABLE}
+    ORDER BY seq
+    LIMIT ?
+"""
+_SELECT_CLAIMABLE_IDS = f"""
+    SELECT seq FROM executions
+    WHERE id IN ({{ids}}) AND (status NOT IN ('pending', 'processing') OR {_CLAIMABLE})
+"""
+_TAKE = "UPDATE executions SET owner = ?, lease_until = ? WHERE seq = ?"
+_RENEW = """
+    UPDATE executions SET lease_until = ?
+    WHERE owner = ? AND status IN ('pending', 'processing')
+"""
+_SELECT_HELD = "SELECT id FROM executions WHERE owner = ? AND status IN ('pending', 'processing')"
+_RELEASE_ALL = """
+    UPDATE executions SET owner = NULL, lease_until = NULL
+    WHERE owner = ? AND status IN ('pending', 'processing')
+"""
+_RELEASE_ONE = "UPDATE executions SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?"
 _SELECT_COUNTS = "SELECT status, n FROM execution_counts WHERE n != 0"
 # Its terms match the expressions of the index executions_by_idempotency_key, so it uses it.
 _FIND_KEY = """
@@ -85,8 +131,9 @@ _FIND_KEY = """
 _INSERT_EXECUTION = """
     INSERT INTO executions (
         id, status, tenant, idempotency_key, fingerprint, base_execution_id, webhook_url,
-        webhook_secret, result, error, created_at, started_at, completed_at, generation
-    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        webhook_secret, result, error, created_at, started_at, completed_at, generation, owner,
+        lease_until
+    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_JOB = """
     INSERT INTO jobs (
@@ -126,11 +173,12 @@ class WriterStats:
     calls share one transaction (and one fsync).
     """
 
-    #: Write transactions committed (create and apply; not the schema check at ``open``).
+    #: Write transactions committed (every write call; not the schema check at ``open``).
     transactions: int = 0
     #: Write transactions rolled back.
     rollbacks: int = 0
-    #: ``create`` and ``apply`` calls the writer has finished, with success or an error.
+    #: ``create``, ``apply``, ``claim``, ``renew`` and ``release`` calls the writer has finished,
+    #: with success or an error.
     requests: int = 0
     #: The most calls one committed transaction has held.
     largest_group: int = 0
@@ -144,21 +192,34 @@ class _NewExecution:
     job_rows: list[_Row]
 
 
+#: A write other than create and apply: run inside the group's transaction, returns the outcome.
+_Operation = Callable[[aiosqlite.Connection], Awaitable[object]]
+
+
 @define(eq=False)
 class _Write:
-    """One ``create`` or ``apply`` call, queued for the writer."""
+    """One write call, queued for the writer: a ``create`` (``new``), an ``apply`` (rows, and
+    the ``owner`` it is fenced by), or another ``operation``."""
 
     new: _NewExecution | None = None
     job_rows: list[_Row] = field(factory=list)
     execution_rows: list[_Row] = field(factory=list)
+    owner: str | None = None
+    #: The executions an apply names, each once (only with ``owner``).
+    execution_ids: tuple[str, ...] = ()
+    operation: _Operation | None = None
     #: Set when the write is finished, or when its caller is to take the writer role.
     wake: anyio.Event = field(factory=anyio.Event)
     finished: bool = False
     promoted: bool = False
     #: The caller gave up (was cancelled) before a writer took it: it is skipped.
     abandoned: bool = False
-    outcome: Execution | None = None
+    outcome: object = None
     error: Exception | None = None
+
+    @property
+    def is_apply(self) -> bool:
+        return self.new is None and self.operation is None
 
 
 class _WholeGroup(Exception):
@@ -216,6 +277,16 @@ class SqliteStorage:
     only itself. A transaction, once begun, is finished even if its writer's caller is
     cancelled. ``stats`` counts transactions and calls. Several processes (or several instances)
     may use one file at once.
+
+    Ownership (see :class:`~engine.ports.Storage`): ``claim``, ``renew`` and ``release`` are
+    writes, batched like the others; a fenced ``apply`` is checked in the transaction that
+    writes it, and a call fenced out fails alone with :class:`~engine.errors.LeaseLost`. Two
+    instances (processes) claiming at once never take the same execution: each claim reads and
+    takes in one ``BEGIN IMMEDIATE`` transaction. Choices the port leaves open, the same as
+    :class:`~adapters.memory.MemoryStorage`'s: ``create`` with an ``owner`` and no
+    ``lease_until`` holds with no expiry (``holders()`` reports ``math.inf``); a finished
+    execution keeps its last holder; ``release(owner)`` without ``ids`` gives up the unfinished
+    executions only; ``claim`` with ``limit <= 0`` takes nothing.
 
     An execution's webhook secret is stored (it is needed to sign deliveries) and never logged.
     """
@@ -389,6 +460,10 @@ class SqliteStorage:
     async def counts(self) -> dict[str, int]:
         return {str(status): int(n) for status, n in await self._read(_SELECT_COUNTS, ())}
 
+    async def holders(self) -> dict[str, float]:
+        rows = await self._read(_SELECT_HOLDERS, ())
+        return {str(owner): math.inf if lease is None else float(lease) for owner, lease in rows}
+
     async def _read(self, sql: str, parameters: _Row) -> list[sqlite3.Row]:
         reader = self._reader
         if reader is None:
@@ -400,25 +475,96 @@ class SqliteStorage:
 
     # --- writes -------------------------------------------------------------------------------
 
-    async def create(self, execution: Execution, fingerprint: str | None = None) -> Execution:
-        new = _NewExecution(
-            execution, fingerprint, _execution_row(execution, fingerprint), _job_rows(execution)
-        )
+    async def create(
+        self,
+        execution: Execution,
+        fingerprint: str | None = None,
+        *,
+        owner: str | None = None,
+        lease_until: float | None = None,
+    ) -> Execution:
+        """Store a new execution (see the port). With ``owner`` and no ``lease_until``, the
+        execution is held with no expiry (``holders()`` reports ``math.inf``)."""
+        if owner is None:
+            lease_until = None
+        elif lease_until is None:
+            lease_until = math.inf
+        row = _execution_row(execution, fingerprint, owner, lease_until)
+        new = _NewExecution(execution, fingerprint, row, _job_rows(execution))
         write = await self._submit(_Write(new=new))
-        if write.outcome is None:  # pragma: no cover - the writer sets one or the other
+        if not isinstance(write.outcome, Execution):  # pragma: no cover - the writer sets one
             raise StorageError(f"SQLite store {self.path}: create returned nothing")
         return write.outcome
 
-    async def apply(self, changes: Sequence[Change]) -> None:
+    async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
         if not changes:
             return
-        write = _Write()
+        write = _Write(owner=owner)
         for change in changes:
             if isinstance(change, JobUpdate):
                 write.job_rows.append(_job_update_row(change))
             else:
                 write.execution_rows.append(_execution_update_row(change))
+        if owner is not None:
+            write.execution_ids = tuple(dict.fromkeys(c.execution_id for c in changes))
         await self._submit(write)
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        limit: int | None = None,
+        ids: Collection[str] | None = None,
+        dead_owners: Collection[str] = (),
+    ) -> list[Execution]:
+        """Take executions for ``owner`` (see the port), in one write transaction, so two
+        claimers (two processes) never take the same execution. ``limit <= 0`` takes nothing."""
+        if limit is not None and limit <= 0:
+            return []
+        wanted = None if ids is None else list(dict.fromkeys(ids))
+        if wanted is not None and not wanted:
+            return []
+        mine = [owner] if ids is not None else []
+        takeable = list(dict.fromkeys([*mine, *dead_owners]))
+
+        async def operation(conn: aiosqlite.Connection) -> list[_Row]:
+            return await _claim(conn, owner, now, lease_until, limit, wanted, takeable)
+
+        write = await self._submit(_Write(operation=operation))
+        rows = cast(list[_Row], write.outcome)
+        if len(rows) < _ASSEMBLE_IN_THREAD:
+            return _assemble(rows)
+        return await anyio.to_thread.run_sync(_assemble, rows)
+
+    async def renew(self, owner: str, *, lease_until: float) -> set[str]:
+        """Extend ``owner``'s leases on unfinished executions with one ``UPDATE``; return them."""
+
+        async def operation(conn: aiosqlite.Connection) -> set[str]:
+            await conn.execute(_RENEW, (lease_until, owner))
+            return {str(row[0]) for row in await conn.execute_fetchall(_SELECT_HELD, (owner,))}
+
+        write = await self._submit(_Write(operation=operation))
+        return cast(set[str], write.outcome)
+
+    async def release(self, owner: str, ids: Collection[str] | None = None) -> None:
+        """Give up ``owner``'s holds so others can claim at once.
+
+        Without ``ids``: on every unfinished execution ``owner`` holds (a hold on a finished
+        execution blocks no claim, and finding those would read the whole history). With
+        ``ids``: on those of them ``owner`` holds, finished or not.
+        """
+
+        async def operation(conn: aiosqlite.Connection) -> None:
+            if ids is None:
+                await conn.execute(_RELEASE_ALL, (owner,))
+            else:
+                await conn.executemany(_RELEASE_ONE, [(i, owner) for i in dict.fromkeys(ids)])
+
+        if ids is not None and not ids:
+            return
+        await self._submit(_Write(operation=operation))
 
     async def _submit(self, write: _Write) -> _Write:
         conn = self._writer
@@ -505,35 +651,44 @@ class SqliteStorage:
         self,
         write: _Write,
         *,
-        outcome: Execution | None = None,
+        outcome: object = None,
         error: Exception | None = None,
     ) -> None:
         write.outcome, write.error, write.finished = outcome, error, True
         self.stats.requests += 1
         write.wake.set()
 
-    async def _transaction(
-        self, conn: aiosqlite.Connection, group: list[_Write]
-    ) -> list[Execution | IdempotencyConflict | None]:
+    async def _transaction(self, conn: aiosqlite.Connection, group: list[_Write]) -> list[object]:
         try:
             await conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise _WholeGroup(exc) from exc
         try:
-            outcomes: list[Execution | IdempotencyConflict | None] = []
+            outcomes: list[object] = []
             # Runs of updates, and of creates without an idempotency key, are written with one
             # executemany per statement; a run is written before the next write of another kind,
-            # so every write sees the ones queued before it.
+            # so every write sees the ones queued before it. A run of applies is fenced with one
+            # query before any of its rows is queued: nothing in it can change a holder.
             pending = _Pending()
-            for write in group:
+            position = 0
+            while position < len(group):
+                write = group[position]
                 new = write.new
-                if new is None:
+                if write.is_apply:
+                    end = position + 1
+                    while end < len(group) and group[end].is_apply:
+                        end += 1
+                    run = group[position:end]
                     if pending.inserts:
                         await pending.flush(conn)
-                    pending.job_updates += write.job_rows
-                    pending.execution_updates += write.execution_rows
-                    outcomes.append(None)
-                elif new.execution.idempotency_key is None:
+                    for apply, lost in zip(run, await _fence(conn, run), strict=True):
+                        if lost is None:
+                            pending.job_updates += apply.job_rows
+                            pending.execution_updates += apply.execution_rows
+                        outcomes.append(lost)
+                    position = end
+                    continue
+                if new is not None and new.execution.idempotency_key is None:
                     if pending.job_updates or pending.execution_updates:
                         await pending.flush(conn)
                     pending.inserts.append(new.row)
@@ -541,7 +696,11 @@ class SqliteStorage:
                     outcomes.append(new.execution)
                 else:
                     await pending.flush(conn)
-                    outcomes.append(await self._insert(conn, new))
+                    if new is not None:
+                        outcomes.append(await self._insert(conn, new))
+                    elif write.operation is not None:
+                        outcomes.append(await write.operation(conn))
+                position += 1
             await pending.flush(conn)
         except BaseException:
             await _rollback(conn)
@@ -629,6 +788,75 @@ class _Pending:
         self.inserts, self.job_inserts, self.job_updates, self.execution_updates = [], [], [], []
 
 
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+async def _fence(conn: aiosqlite.Connection, run: list[_Write]) -> list[LeaseLost | None]:
+    """For each apply of ``run``: ``LeaseLost`` naming the executions its owner does not hold.
+
+    An apply naming an execution that is not stored passes: its update reports it, as an
+    unfenced apply's does.
+    """
+    wanted = list(
+        dict.fromkeys(i for write in run if write.owner is not None for i in write.execution_ids)
+    )
+    if not wanted:
+        return [None] * len(run)
+    holders: dict[str, str | None] = {}
+    for chunk in _chunks(wanted):
+        sql = _SELECT_OWNERS.format(marks=_marks(len(chunk)))
+        holders.update((row[0], row[1]) for row in await conn.execute_fetchall(sql, chunk))
+    verdicts: list[LeaseLost | None] = []
+    for write in run:
+        lost = None
+        if write.owner is not None and all(i in holders for i in write.execution_ids):
+            not_held = [i for i in write.execution_ids if holders[i] != write.owner]
+            if not_held:
+                lost = LeaseLost(not_held)
+        verdicts.append(lost)
+    return verdicts
+
+
+async def _claim(
+    conn: aiosqlite.Connection,
+    owner: str,
+    now: float,
+    lease_until: float,
+    limit: int | None,
+    ids: list[str] | None,
+    takeable: list[str],
+) -> list[_Row]:
+    """Take the claimable executions (see ``SqliteStorage.claim``); their rows, oldest first."""
+    claimable = (now, *takeable)
+    marks = _marks(len(takeable))
+    if ids is None:
+        sql = _SELECT_CLAIMABLE.format(marks=marks)
+        found = await conn.execute_fetchall(sql, (*claimable, -1 if limit is None else limit))
+        seqs = [int(row[0]) for row in found]
+    else:
+        seqs = []
+        for chunk in _chunks(ids):
+            sql = _SELECT_CLAIMABLE_IDS.format(ids=_marks(len(chunk)), marks=marks)
+            seqs += [int(row[0]) for row in await conn.execute_fetchall(sql, (*chunk, *claimable))]
+        seqs.sort()
+        if limit is not None:
+            del seqs[limit:]
+    if not seqs:
+        return []
+    await conn.executemany(_TAKE, [(owner, lease_until, seq) for seq in seqs])
+    rows: list[_Row] = []
+    for chunk in _chunks(seqs):
+        sql = _SELECT_BY_SEQ.format(marks=_marks(len(chunk)))
+        rows += [tuple(row) for row in await conn.execute_fetchall(sql, chunk)]
+    return rows
+
+
 async def _update(
     conn: aiosqlite.Connection, job_rows: list[_Row], execution_rows: list[_Row]
 ) -> None:
@@ -681,7 +909,9 @@ def _error_json(error: ErrorInfo | None) -> str | None:
     return None if error is None else _dumps(error_to_json(error), "an error")
 
 
-def _execution_row(execution: Execution, fingerprint: str | None) -> _Row:
+def _execution_row(
+    execution: Execution, fingerprint: str | None, owner: str | None, lease_until: float | None
+) -> _Row:
     webhook = execution.webhook
     return (
         execution.id,
@@ -698,6 +928,8 @@ def _execution_row(execution: Execution, fingerprint: str | None) -> _Row:
         execution.started_at,
         execution.completed_at,
         execution.generation,
+        owner,
+        lease_until,
     )
 
 

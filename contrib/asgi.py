@@ -1,0 +1,499 @@
+"""A plain ASGI 3 application over an :class:`~engine.Engine`: the HTTP API of CONTRACT section 4.
+
+``create_app(engine, api_keys={"key": "tenant"})`` returns the app. The caller runs the engine
+(``async with engine:``) around the server; the app answers the ``lifespan`` scope but starts
+nothing. Routes (all under ``Authorization: Bearer <key>`` except ``/healthz`` and
+``/openapi.json``):
+
+- ``POST /api/execute``: submit a plan; ``202 {"executionId"}``.
+- ``GET /api/execute/{id}/status``: the seed's status body.
+- ``GET /api/execute/{id}``: the execution, jobs with status, attempts and timings.
+- ``POST /api/execute/{id}/cancel`` and ``.../resume``: ``202 {"executionId", "status"}``.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
+
+Checks run in this order: route (404), method (405 with ``Allow``), key (401), rate (429),
+content type (415), size (413), JSON (400), plan (422). Every error is a problem
+(:mod:`contrib.problems`); a request can cause nothing else, and an internal failure is logged and
+answered 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from contrib import metrics as prometheus
+from contrib.auth import KeyRing, RateLimiter
+from contrib.body import ClientDisconnected, parse_json, read_body
+from contrib.openapi import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_WEBHOOK_SECRET,
+    MAX_WEBHOOK_URL,
+    WEBHOOK_URL_PATTERN,
+    openapi_document,
+)
+from contrib.problems import (
+    IDEMPOTENCY_CONFLICT,
+    IDEMPOTENCY_IN_PROGRESS,
+    INTERNAL,
+    INVALID_PLAN,
+    INVALID_STATE,
+    MALFORMED,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    RATE_LIMITED,
+    UNAUTHORIZED,
+    UNSUPPORTED_MEDIA_TYPE,
+    HttpProblem,
+    dump_json,
+)
+from contrib.types import Headers, Receive, Scope, Send
+from contrib.views import execution_to_json
+from engine.engine import Engine
+from engine.errors import (
+    IdempotencyConflict,
+    InvalidState,
+    PlanError,
+    Problem,
+    UnknownExecution,
+)
+from engine.models import Webhook
+
+log = logging.getLogger("contrib.asgi")
+
+#: 1 MiB.
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: A burst of 100 requests per key, refilled at 50 a second.
+DEFAULT_RATE_LIMIT: tuple[float, float] = (100, 2.0)
+
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
+_WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN.strip("^$"))
+_JSON_TYPE = b"application/json"
+_NO_SUCH_EXECUTION = "no such execution"
+_NO_SUCH_BASE = "baseExecutionId names no such execution"
+
+Response = tuple[int, Headers, bytes]
+_Handler = Callable[["_Request"], Awaitable[Response]]
+
+
+class _Request:
+    """What a handler needs of one request; headers are read once, lazily."""
+
+    __slots__ = ("execution_id", "headers", "receive", "tenant")
+
+    def __init__(self, scope: Scope, receive: Receive, execution_id: str | None) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            self.headers.setdefault(name.lower(), value)
+        self.receive = receive
+        self.execution_id = execution_id
+        self.tenant: str | None = None
+
+
+def _json_response(status: int, value: Any) -> Response:
+    body = dump_json(value)
+    return (
+        status,
+        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        body,
+    )
+
+
+class App:
+    """The ASGI application :func:`create_app` builds. See the module docstring."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        api_keys: Mapping[str, str],
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        rate_limit: tuple[float, float] | None = DEFAULT_RATE_LIMIT,
+        title: str = "videoflow engine",
+    ) -> None:
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+            raise TypeError("max_body_bytes must be an int")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive")
+        self.engine = engine
+        self.max_body_bytes = max_body_bytes
+        self._keys = KeyRing(api_keys)
+        self._limiter = None if rate_limit is None else RateLimiter(*rate_limit)
+        self._in_flight: set[tuple[str, str]] = set()
+        #: Responses sent, by status code (shown by ``/metrics``).
+        self.responses: Counter[int] = Counter()
+        self._openapi = dump_json(openapi_document(title=title))
+        # route name -> {method: (handler, needs a key)}
+        self._routes: dict[str, dict[str, tuple[_Handler, bool]]] = {
+            "execute": {"POST": (self._execute, True)},
+            "execution": {"GET": (self._execution, True)},
+            "status": {"GET": (self._status, True)},
+            "cancel": {"POST": (self._cancel, True)},
+            "resume": {"POST": (self._resume, True)},
+            "healthz": {"GET": (self._healthz, False)},
+            "metrics": {"GET": (self._metrics, True)},
+            "openapi": {"GET": (self._openapi_json, False)},
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        elif kind == "websocket":
+            await receive()
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, headers, body = await self._dispatch(scope, receive)
+        except ClientDisconnected:
+            return
+        except HttpProblem as problem:
+            status, headers, body = problem.render()
+        except Exception:
+            log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+            status, headers, body = HttpProblem(
+                INTERNAL, "the server failed to answer this request; the failure is logged"
+            ).render()
+        self.responses[status] += 1
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _dispatch(self, scope: Scope, receive: Receive) -> Response:
+        route, execution_id = _route(scope)
+        methods = self._routes.get(route) if route is not None else None
+        if methods is None:
+            raise HttpProblem(NOT_FOUND, "no such route")
+        entry = methods.get(scope["method"])
+        if entry is None:
+            allow = ", ".join(methods)
+            raise HttpProblem(
+                METHOD_NOT_ALLOWED,
+                f"{scope['method']} is not allowed here; allowed: {allow}",
+                headers=[("Allow", allow)],
+            )
+        handler, needs_key = entry
+        request = _Request(scope, receive, execution_id)
+        if needs_key:
+            self._authenticate(request)
+        return await handler(request)
+
+    def _authenticate(self, request: _Request) -> None:
+        found = self._keys.identify(request.headers.get(b"authorization"))
+        if found is None:
+            raise HttpProblem(
+                UNAUTHORIZED,
+                "send a valid API key as 'Authorization: Bearer <key>'",
+                headers=[("WWW-Authenticate", "Bearer")],
+            )
+        digest, request.tenant = found
+        if self._limiter is not None:
+            wait = self._limiter.acquire(digest)
+            if wait > 0:
+                seconds = max(1, math.ceil(wait))
+                raise HttpProblem(
+                    RATE_LIMITED,
+                    f"too many requests with this key; retry in {seconds} s",
+                    headers=[("Retry-After", str(seconds))],
+                )
+
+    # --- handlers ---------------------------------------------------------------------------------
+
+    async def _execute(self, request: _Request) -> Response:
+        headers = request.headers
+        _check_json_content_type(headers.get(b"content-type"))
+        key = _idempotency_key(headers.get(b"idempotency-key"))
+        body = await read_body(request.receive, headers.get(b"content-length"), self.max_body_bytes)
+        obj = parse_json(body)
+        plan, webhook = _plan_and_webhook(obj)
+        tenant = request.tenant
+        assert tenant is not None
+        slot = None if key is None else (tenant, key)
+        if slot is not None:
+            if slot in self._in_flight:
+                raise HttpProblem(
+                    IDEMPOTENCY_IN_PROGRESS,
+                    "a request with this Idempotency-Key is still being created; retry shortly",
+                    headers=[("Retry-After", "1")],
+                )
+            self._in_flight.add(slot)
+        try:
+            execution_id = await self.engine.submit(
+                plan, webhook=webhook, idempotency_key=key, tenant=tenant
+            )
+        except UnknownExecution:
+            raise HttpProblem(NOT_FOUND, _NO_SUCH_BASE) from None
+        except PlanError as exc:
+            raise _plan_problem(exc.problems) from None
+        except IdempotencyConflict:
+            raise HttpProblem(
+                IDEMPOTENCY_CONFLICT,
+                "this Idempotency-Key was already used with a different request",
+            ) from None
+        except InvalidState as exc:
+            raise HttpProblem(INVALID_STATE, str(exc)) from None
+        finally:
+            if slot is not None:
+                self._in_flight.discard(slot)
+        return _json_response(202, {"executionId": execution_id})
+
+    async def _status(self, request: _Request) -> Response:
+        execution_id = _known_id(request.execution_id)
+        try:
+            report = await self.engine.status(execution_id, tenant=request.tenant)
+        except UnknownExecution:
+            raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
+        return _json_response(200, report.to_json())
+
+    async def _execution(self, request: _Request) -> Response:
+        execution_id = _known_id(request.execution_id)
+        try:
+            execution = await self.engine.get(execution_id, tenant=request.tenant)
+        except UnknownExecution:
+            raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
+        # The webhook delivery log will be passed here as ``deliveries=`` once the engine has it.
+        return _json_response(200, execution_to_json(execution))
+
+    async def _cancel(self, request: _Request) -> Response:
+        execution_id = _known_id(request.execution_id)
+        try:
+            await self.engine.cancel(execution_id, tenant=request.tenant)
+            execution = await self.engine.get(execution_id, tenant=request.tenant)
+        except UnknownExecution:
+            raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
+        return _json_response(202, {"executionId": execution_id, "status": execution.status})
+
+    async def _resume(self, request: _Request) -> Response:
+        execution_id = _known_id(request.execution_id)
+        try:
+            await self.engine.resume(execution_id, tenant=request.tenant)
+            execution = await self.engine.get(execution_id, tenant=request.tenant)
+        except UnknownExecution:
+            raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
+        except InvalidState as exc:
+            raise HttpProblem(INVALID_STATE, str(exc)) from None
+        return _json_response(202, {"executionId": execution_id, "status": execution.status})
+
+    async def _healthz(self, request: _Request) -> Response:
+        return _json_response(200, {"status": "ok"})
+
+    async def _metrics(self, request: _Request) -> Response:
+        text = prometheus.render(await self.engine.metrics(), self.responses)
+        body = text.encode()
+        return (
+            200,
+            [
+                (b"content-type", prometheus.MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            body,
+        )
+
+    async def _openapi_json(self, request: _Request) -> Response:
+        body = self._openapi
+        return (
+            200,
+            [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            body,
+        )
+
+
+def create_app(
+    engine: Engine,
+    *,
+    api_keys: Mapping[str, str],
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    rate_limit: tuple[float, float] | None = DEFAULT_RATE_LIMIT,
+    title: str = "videoflow engine",
+) -> App:
+    """The HTTP API over ``engine`` (which the caller runs, ``async with engine:``).
+
+    ``api_keys`` maps each API key to its tenant; keys are kept only as SHA-256 digests.
+    ``max_body_bytes`` bounds a ``POST /api/execute`` body (413 over it). ``rate_limit`` is
+    ``(requests, per_seconds)`` per key, a token bucket (429 with ``Retry-After`` over it), or
+    ``None`` for no limit.
+    """
+    return App(
+        engine,
+        api_keys=api_keys,
+        max_body_bytes=max_body_bytes,
+        rate_limit=rate_limit,
+        title=title,
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to start or stop: the engine belongs to the caller."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+_STATIC = {"/healthz": "healthz", "/metrics": "metrics", "/openapi.json": "openapi"}
+_ACTIONS = {"status", "cancel", "resume"}
+
+
+def _route(scope: Scope) -> tuple[str | None, str | None]:
+    """``(route name, execution id)``; the id is ``""`` when it cannot be a valid segment.
+
+    Routing reads the raw path, so an id holding ``%2F`` stays one segment.
+    """
+    raw = scope.get("raw_path")
+    path: bytes = raw if raw else scope["path"].encode("utf-8", "surrogateescape")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root.encode()):
+        path = path[len(root.encode()) :]
+    static = _STATIC.get(path.decode("latin-1"))
+    if static is not None:
+        return static, None
+    if not path.startswith(b"/api/execute"):
+        return None, None
+    parts = path.split(b"/")  # ["", "api", "execute", ...]
+    if len(parts) == 3:
+        return ("execute", None) if parts[2] == b"execute" else (None, None)
+    if parts[2] != b"execute" or len(parts) > 5:
+        return None, None
+    execution_id = _segment(parts[3])
+    if len(parts) == 4:
+        return "execution", execution_id
+    action = parts[4].decode("latin-1")
+    return (action, execution_id) if action in _ACTIONS else (None, None)
+
+
+def _segment(raw: bytes) -> str:
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+def _known_id(execution_id: str | None) -> str:
+    """An id worth looking up; anything that cannot be one is answered like a missing one."""
+    if execution_id is None or not _ID.fullmatch(execution_id):
+        raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION)
+    return execution_id
+
+
+def _check_json_content_type(value: bytes | None) -> None:
+    if value is None:
+        raise HttpProblem(
+            UNSUPPORTED_MEDIA_TYPE, "send the plan as 'Content-Type: application/json'"
+        )
+    media_type, _, params = value.partition(b";")
+    if media_type.strip().lower() != _JSON_TYPE:
+        raise HttpProblem(
+            UNSUPPORTED_MEDIA_TYPE,
+            f"expected 'application/json', got {value.decode('latin-1')[:100]!r}",
+        )
+    for param in params.split(b";"):
+        name, _, charset = param.partition(b"=")
+        if name.strip().lower() == b"charset" and charset.strip().strip(b'"').lower() not in (
+            b"utf-8",
+            b"utf8",
+        ):
+            raise HttpProblem(UNSUPPORTED_MEDIA_TYPE, "the body must be UTF-8 JSON")
+
+
+def _idempotency_key(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    key = value.decode("latin-1")
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise HttpProblem(MALFORMED, "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return key
+
+
+def _plan_problem(problems: tuple[Problem, ...] | list[Problem]) -> HttpProblem:
+    count = len(problems)
+    first = str(problems[0]) if problems else "invalid"
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return HttpProblem(INVALID_PLAN, f"the plan is invalid: {first}{more}", errors=problems)
+
+
+_MISSING: Any = object()
+
+
+def _plan_and_webhook(obj: Any) -> tuple[Mapping[str, Any], Webhook | None]:
+    """Split the webhook off the request body and check it; the engine checks the plan.
+
+    When the webhook is wrong, the plan is checked here too, so that one answer lists every
+    problem.
+    """
+    if not isinstance(obj, dict):
+        raise _plan_problem([Problem(None, "plan", "the request body must be a JSON object")])
+    raw = obj.pop("webhook", _MISSING)
+    if raw is _MISSING:
+        return obj, None
+    webhook, problems = _webhook(raw)
+    if problems:
+        from engine.plan import ExecutionPlan
+
+        try:
+            ExecutionPlan.from_json(obj)
+        except PlanError as exc:
+            problems.extend(exc.problems)
+        raise _plan_problem(problems)
+    return obj, webhook
+
+
+def _webhook(raw: Any) -> tuple[Webhook | None, list[Problem]]:
+    shape = "must be an object {url, secret?}"
+    if not isinstance(raw, dict):
+        return None, [Problem(None, "webhook", shape)]
+    problems = [
+        Problem(None, f"webhook.{key}", f"unknown field; the webhook {shape}")
+        for key in raw
+        if key not in ("url", "secret")
+    ]
+    url, secret = raw.get("url"), raw.get("secret")
+    if not isinstance(url, str):
+        problems.append(Problem(None, "webhook.url", "is required: an http(s) URL"))
+    elif len(url) > MAX_WEBHOOK_URL or not _WEBHOOK_URL.fullmatch(url) or not _has_host(url):
+        problems.append(
+            Problem(
+                None,
+                "webhook.url",
+                f"must be an absolute http(s) URL with a host, in ASCII, at most "
+                f"{MAX_WEBHOOK_URL} characters",
+            )
+        )
+    if "secret" in raw and not (isinstance(secret, str) and 0 < len(secret) <= MAX_WEBHOOK_SECRET):
+        problems.append(
+            Problem(
+                None,
+                "webhook.secret",
+                f"must be a string of 1 to {MAX_WEBHOOK_SECRET} characters",
+            )
+        )
+    if problems:
+        return None, problems
+    assert isinstance(url, str)
+    return Webhook(url, secret if isinstance(secret, str) else None), []
+
+
+def _has_host(url: str) -> bool:
+    """Whether ``url`` has a host and, if it names one, a valid port."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+        return bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_RATE_LIMIT", "App", "create_app"]

@@ -1,0 +1,78 @@
+"""``GET /metrics``: the engine's metrics in the Prometheus text format, version 0.0.4."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+from engine.engine import EngineMetrics
+
+MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "videoflow_"
+STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+
+
+def _number(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _family(name: str, kind: str, help_text: str) -> Iterator[str]:
+    yield f"# HELP {PREFIX}{name} {help_text}"
+    yield f"# TYPE {PREFIX}{name} {kind}"
+
+
+def _escape(label: str) -> str:
+    return label.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(metrics: EngineMetrics, responses: Mapping[int, int] | None = None) -> str:
+    """The exposition text. ``responses`` counts HTTP responses by status code, if given."""
+    lines: list[str] = []
+    lines += _family("executions", "gauge", "Executions in the store, by status.")
+    for status in sorted(set(STATUSES) | set(metrics.executions)):
+        count = metrics.executions.get(status, 0)
+        lines.append(f'{PREFIX}executions{{status="{_escape(status)}"}} {count}')
+    lines += _family(
+        "execution_duration_seconds",
+        "gauge",
+        "Quantiles of the duration of recently completed executions (NaN before the first).",
+    )
+    for quantile, value in (("0.5", metrics.duration_p50), ("0.95", metrics.duration_p95)):
+        lines.append(
+            f'{PREFIX}execution_duration_seconds{{quantile="{quantile}"}} {_number(value)}'
+        )
+    lines += _family(
+        "execution_success_ratio",
+        "gauge",
+        "Completed executions over ended ones (NaN before the first ends).",
+    )
+    lines.append(f"{PREFIX}execution_success_ratio {_number(metrics.success_rate)}")
+    counters = (
+        ("job_attempts_total", metrics.attempts, "Job attempts started by this process."),
+        ("job_retries_total", metrics.retries, "Job attempts that were retries."),
+        ("jobs_completed_total", metrics.jobs_completed, "Jobs completed by this process."),
+        ("jobs_failed_total", metrics.jobs_failed, "Jobs that ended failed in this process."),
+    )
+    for name, value, help_text in counters:
+        lines += _family(name, "counter", help_text)
+        lines.append(f"{PREFIX}{name} {value}")
+    gauges = (
+        ("queue_depth", metrics.queue_depth, "Jobs ready and waiting for a worker."),
+        ("live_executions", metrics.live_executions, "Executions being run by this process."),
+        ("live_jobs", metrics.live_jobs, "Unfinished jobs of live executions."),
+    )
+    for name, value, help_text in gauges:
+        lines += _family(name, "gauge", help_text)
+        lines.append(f"{PREFIX}{name} {value}")
+    if responses is not None:
+        lines += _family("http_responses_total", "counter", "HTTP responses, by status code.")
+        for code in sorted(responses):
+            lines.append(f'{PREFIX}http_responses_total{{code="{code}"}} {responses[code]}')
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["MEDIA_TYPE", "render"]

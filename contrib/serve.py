@@ -1,0 +1,252 @@
+"""Serve the HTTP API with uvicorn: ``python -m contrib.serve --db engine.db --port 8000``.
+
+API keys come from ``ENGINE_API_KEYS`` (``"key1=tenant1,key2=tenant2"``) or ``--keys-file`` (one
+``key=tenant`` a line). The engine (``Engine.sqlite(--db)``) and uvicorn run in one task group. On
+SIGINT or SIGTERM the server stops accepting, lets requests in flight finish, and then the engine
+is left (``async with``): jobs in flight are released to the store, not lost, and picked up by the
+next start. A second signal stops at once.
+
+:func:`serve_app` runs any ASGI app under uvicorn inside a task group (``await tg.start(...)``
+returns a :class:`RunningServer` once it listens); tests and benchmarks use it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from contrib.auth import parse_keys
+from contrib.types import ASGIApp
+
+try:
+    import uvicorn
+    import uvicorn.config
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "contrib.serve needs uvicorn: pip install 'videoflow-engine[server]'"
+    ) from exc
+
+log = logging.getLogger("contrib.serve")
+
+
+class RunningServer:
+    """A uvicorn server started by :func:`serve_app`: where it listens, and how to stop it."""
+
+    def __init__(self, server: uvicorn.Server, host: str, port: int) -> None:
+        self._server = server
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def stop(self, *, force: bool = False) -> None:
+        """Stop accepting and finish the requests in flight (``force``: do not wait for them)."""
+        self._server.should_exit = True
+        if force:
+            self._server.force_exit = True
+
+
+def _make_server(config: uvicorn.Config, ready: anyio.Event) -> uvicorn.Server:
+    class Server(uvicorn.Server):
+        """uvicorn without its own signal handling (whoever runs it decides when it stops; uvicorn
+        would re-raise the signal after its shutdown, before the engine's), telling when it
+        listens."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            ready.set()
+
+    return Server(config)
+
+
+async def serve_app(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    log_config: dict[str, Any] | None = None,
+    access_log: bool = False,
+    timeout_graceful_shutdown: int | None = 30,
+    task_status: anyio.abc.TaskStatus[RunningServer] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until stopped or cancelled; either way requests in flight finish first.
+
+    ``port=0`` picks a free port; ``task_status.started`` gets the :class:`RunningServer`.
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level=log_level,
+        log_config=log_config,
+        access_log=access_log,
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
+        server_header=False,
+    )
+    ready = anyio.Event()
+    server = _make_server(config, ready)
+
+    async def announce() -> None:
+        try:
+            await ready.wait()
+            if not server.started:
+                return
+            sockets = [sock for s in server.servers for sock in (s.sockets or ())]
+            bound = sockets[0].getsockname()[1] if sockets else port
+            task_status.started(RunningServer(server, host, bound))
+            await anyio.sleep_forever()
+        finally:
+            server.should_exit = True  # cancelled: shut down gracefully, not mid-request
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(announce)
+        with anyio.CancelScope(shield=True):
+            await server.serve()
+        task_group.cancel_scope.cancel()
+
+
+async def _stop_on_signals(running: RunningServer) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            name = signal.Signals(signum).name
+            if count == 1:
+                log.info("%s: finishing requests in flight, then stopping the engine", name)
+                running.stop()
+            else:
+                log.warning("%s again: stopping now", name)
+                running.stop(force=True)
+
+
+async def run(
+    db: str,
+    *,
+    api_keys: dict[str, str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_body_bytes: int = 1 << 20,
+    rate_limit: tuple[float, float] | None = (100, 2.0),
+    concurrency: int = 4,
+    allowed_networks: Sequence[str] = (),
+    access_log: bool = True,
+) -> None:
+    """Run ``Engine.sqlite(db)`` and the HTTP API over it until SIGINT or SIGTERM."""
+    from adapters.http import HttpNotifier
+    from contrib.asgi import create_app
+    from engine import Engine
+
+    notifier = HttpNotifier(allowed_networks=tuple(allowed_networks))
+    async with Engine.sqlite(db, notifier=notifier, concurrency=concurrency) as engine:
+        app = create_app(
+            engine, api_keys=api_keys, max_body_bytes=max_body_bytes, rate_limit=rate_limit
+        )
+        async with anyio.create_task_group() as task_group:
+
+            async def serve_then_stop(task_status: anyio.abc.TaskStatus[RunningServer]) -> None:
+                await serve_app(
+                    app,
+                    host=host,
+                    port=port,
+                    log_level="info",
+                    log_config=uvicorn.config.LOGGING_CONFIG,
+                    access_log=access_log,
+                    task_status=task_status,
+                )
+                task_group.cancel_scope.cancel()  # stop listening for signals
+
+            running = await task_group.start(serve_then_stop)
+            task_group.start_soon(_stop_on_signals, running)
+            log.info("serving %s on %s (%d API keys)", db, running.url, len(api_keys))
+        # The server has stopped; leaving ``async with engine`` releases its jobs in flight.
+    log.info("engine stopped")
+
+
+def _rate_limit(text: str) -> tuple[float, float] | None:
+    if text.lower() in ("none", "off", "0"):
+        return None
+    requests, _, seconds = text.partition("/")
+    try:
+        return float(requests), float(seconds or "1")
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected REQUESTS/SECONDS, such as 100/2") from None
+
+
+def _load_keys(keys_file: str | None) -> dict[str, str]:
+    if keys_file is not None:
+        with open(keys_file, encoding="utf-8") as handle:
+            return parse_keys(handle.read(), separator="\n")
+    return parse_keys(os.environ.get("ENGINE_API_KEYS", ""))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m contrib.serve", description="Serve the engine's HTTP API with uvicorn."
+    )
+    parser.add_argument("--db", required=True, help="the SQLite file of the engine")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--keys-file", help="one key=tenant a line (default: $ENGINE_API_KEYS, key=tenant,...)"
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="engine workers")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    parser.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        default=(100.0, 2.0),
+        help="per key: REQUESTS/SECONDS (a burst of REQUESTS, refilled over SECONDS), or none",
+    )
+    parser.add_argument(
+        "--allow-webhook-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="let webhooks reach this private network (such as 127.0.0.0/8); repeatable",
+    )
+    parser.add_argument("--no-access-log", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        keys = _load_keys(args.keys_file)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    if not keys:
+        parser.error("no API keys: set ENGINE_API_KEYS=key=tenant,... or pass --keys-file")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s %(message)s")
+    anyio.run(
+        lambda: run(
+            args.db,
+            api_keys=keys,
+            host=args.host,
+            port=args.port,
+            max_body_bytes=args.max_body_bytes,
+            rate_limit=args.rate_limit,
+            concurrency=args.concurrency,
+            allowed_networks=args.allow_webhook_network,
+            access_log=not args.no_access_log,
+        )
+    )
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

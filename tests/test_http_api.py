@@ -1,0 +1,812 @@
+"""The HTTP API (contrib.asgi) against a real uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import httpx
+import pytest
+from http_support import ALPHA, BETA, live_api
+
+from adapters.memory import FakeVideoProvider, MemoryQueue, MemoryStorage, RecordingNotifier
+from engine import Engine, Execution, JobRequest, Storage
+
+pytestmark = pytest.mark.anyio
+
+PLAN: dict[str, Any] = {
+    "jobs": [
+        {"id": "job1", "type": "generate", "params": {"prompt": "A beautiful landscape"}},
+        {
+            "id": "job2",
+            "type": "reframe",
+            "params": {"aspectRatio": "9:16"},
+            "dependsOn": ["job1"],
+            "output": "$job2",
+        },
+    ]
+}
+JSON = {"Content-Type": "application/json"}
+MISSING_ID = "exec_00000000000000000000"
+
+
+def assert_problem(
+    response: httpx.Response, status: int, kind: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert isinstance(body, dict)
+    assert body["status"] == status
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert body["type"].startswith("urn:videoflow:problem:")
+    if kind is not None:
+        assert body["type"] == "urn:videoflow:problem:" + kind
+    assert "Traceback" not in response.text
+    return body
+
+
+async def submit(client: httpx.AsyncClient, body: Any = PLAN, **headers: str) -> str:
+    response = await client.post("/api/execute", json=body, headers={**ALPHA, **headers})
+    assert response.status_code == 202, response.text
+    execution_id = response.json()["executionId"]
+    assert isinstance(execution_id, str) and execution_id.startswith("exec_")
+    return execution_id
+
+
+async def wait_status(
+    client: httpx.AsyncClient, execution_id: str, statuses: Sequence[str]
+) -> dict[str, Any]:
+    with anyio.fail_after(10):
+        while True:
+            response = await client.get(f"/api/execute/{execution_id}/status", headers=ALPHA)
+            body = response.json()
+            if body["status"] in statuses:
+                return cast(dict[str, Any], body)
+            await anyio.sleep(0.01)
+
+
+async def test_health_openapi_and_the_happy_path(tmp_path: Path) -> None:
+    async with live_api(tmp_path / "e.db") as live, httpx.AsyncClient(base_url=live.url) as client:
+        health = await client.get("/healthz")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        document = (await client.get("/openapi.json")).json()
+        assert document["openapi"] == "3.1.0"
+        assert set(document["paths"]) == {
+            "/api/execute",
+            "/api/execute/{id}/status",
+            "/api/execute/{id}",
+            "/api/execute/{id}/cancel",
+            "/api/execute/{id}/resume",
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+        }
+        execution_id = await submit(client)
+        status = await wait_status(client, execution_id, ["completed"])
+        assert status == {
+            "status": "completed",
+            "progress": 100.0,
+            "totalJobs": 2,
+            "completedJobs": 2,
+            "currentJob": None,
+            "result": status["result"],
+        }
+        assert status["result"]["aspectRatio"] == "9:16"
+
+
+async def test_execution_shows_jobs_and_never_the_webhook_secret(tmp_path: Path) -> None:
+    secret = "s3cr3t-never-shown"
+    body = {**PLAN, "webhook": {"url": "https://example.com/hook", "secret": secret}}
+    async with live_api(tmp_path / "e.db") as live, httpx.AsyncClient(base_url=live.url) as client:
+        execution_id = await submit(client, body)
+        await wait_status(client, execution_id, ["completed"])
+        response = await client.get(f"/api/execute/{execution_id}", headers=ALPHA)
+        assert response.status_code == 200
+        assert secret not in response.text
+        execution = response.json()
+        assert execution["webhook"] == {"url": "https://example.com/hook"}
+        assert execution["id"] == execution_id
+        assert execution["status"] == "completed"
+        assert execution["baseExecutionId"] is None
+        assert execution["error"] is None
+        for name in ("createdAt", "startedAt", "completedAt"):
+            assert datetime.fromisoformat(execution[name].replace("Z", "+00:00"))
+        assert [job["id"] for job in execution["jobs"]] == ["job1", "job2"]
+        job2 = execution["jobs"][1]
+        assert set(job2) == {
+            "id",
+            "type",
+            "params",
+            "dependsOn",
+            "status",
+            "attempts",
+            "startedAt",
+            "finishedAt",
+            "result",
+            "error",
+        }
+        assert job2["dependsOn"] == ["job1"] and job2["attempts"] == 1
+        assert job2["status"] == "completed" and job2["result"]["aspectRatio"] == "9:16"
+        assert job2["startedAt"] <= job2["finishedAt"]
+        assert live.notifier.deliveries[0].webhook is not None
+
+
+# --- tenants -------------------------------------------------------------------------------------
+
+
+async def test_another_tenants_execution_is_answered_like_a_missing_one(tmp_path: Path) -> None:
+    async with live_api(tmp_path / "e.db") as live, httpx.AsyncClient(base_url=live.url) as client:
+        theirs = await submit(client)
+        await wait_status(client, theirs, ["completed"])
+        await client.post("/api/execute/" + theirs + "/cancel", headers=ALPHA)
+        for method, suffix in (
+            ("GET", "/status"),
+            ("GET", ""),
+            ("POST", "/cancel"),
+            ("POST", "/resume"),
+        ):
+            stranger = await client.request(method, f"/api/execute/{theirs}{suffix}", headers=BETA)
+            missing = await client.request(
+                method, f"/api/execute/{MISSING_ID}{suffix}", headers=BETA
+            )
+            assert_problem(stranger, 404, "not-found")
+            assert stranger.content == missing.content
+            assert _without_date(stranger.headers) == _without_date(missing.headers)
+        as_base = await client.post(
+            "/api/execute",
+            json={
+                "jobs": [{"id": "a", "type": "lipSync", "params": {"audioUrl": "https://x/a"}}],
+                "baseExecutionId": theirs,
+            },
+            headers=BETA,
+        )
+        missing_base = await client.post(
+            "/api/execute",
+            json={
+                "jobs": [{"id": "a", "type": "lipSync", "params": {"audioUrl": "https://x/a"}}],
+                "baseExecutionId": MISSING_ID,
+            },
+            headers=BETA,
+        )
+        assert_problem(as_base, 404, "not-found")
+        assert as_base.content == missing_base.content
+        # The owner still sees it, and its status did not change.
+        mine = await client.get(f"/api/execute/{theirs}/status", headers=ALPHA)
+        assert mine.status_code == 200 and mine.json()["status"] == "completed"
+
+
+def _without_date(headers: httpx.Headers) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name != "date"}
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer  key-alpha-x",
+        "Bearer nope",
+        "Basic a2V5LWFscGhhOg==",
+        "key-alpha",
+        "Bearer key-alpha2",
+        "Bearer key-alph",
+    ],
+)
+async def test_missing_or_unknown_keys_are_401(tmp_path: Path, authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    async with live_api(None) as live, httpx.AsyncClient(base_url=live.url) as client:
+        for method, path in (
+            ("POST", "/api/execute"),
+            ("GET", f"/api/execute/{MISSING_ID}/status"),
+            ("GET", f"/api/execute/{MISSING_ID}"),
+            ("POST", f"/api/execute/{MISSING_ID}/cancel"),
+            ("POST", f"/api/execute/{MISSING_ID}/resume"),
+            ("GET", "/metrics"),
+        ):
+            response = await client.request(method, path, headers=headers, json=PLAN)
+            assert_problem(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_the_scheme_is_case_insensitive(tmp_path: Path) -> None:
+    async with live_api(None) as live, httpx.AsyncClient(base_url=live.url) as client:
+        response = await client.get("/metrics", headers={"Authorization": "bearer key-alpha"})
+        assert response.status_code == 200
+
+
+# --- malformed requests -------------------------------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+DEEP_IN_PLAN = (
+    b'{"jobs": [{"id": "a", "type": "generate", "params": {"prompt": '
+    + b"[" * 100_000
+    + b"]" * 100_000
+    + b"}}]}"
+)
+
+
+def _plan_with(**params: Any) -> bytes:
+    job = {"id": "job1", "type": "generate", "params": {"prompt": "x", **params}}
+    return json.dumps({"jobs": [job]}).encode()
+
+
+CORPUS: list[tuple[str, bytes, Mapping[str, str], int, str]] = [
+    ("truncated", b'{"jobs": [{"id": "job1", "type": "gen', JSON, 400, "malformed-request"),
+    ("truncated-object", b"{", JSON, 400, "malformed-request"),
+    ("empty", b"", JSON, 400, "malformed-request"),
+    ("whitespace", b"   ", JSON, 400, "malformed-request"),
+    ("trailing-garbage", json.dumps(PLAN).encode() + b"x", JSON, 400, "malformed-request"),
+    (
+        "nan",
+        b'{"jobs": [{"id": "a", "type": "generate", "params": {"prompt": "x", "duration": NaN}}]}',
+        JSON,
+        400,
+        "malformed-request",
+    ),
+    ("infinity", b'{"jobs": [], "x": Infinity}', JSON, 400, "malformed-request"),
+    ("not-utf8", b'{"jobs": "\xff\xfe"}', JSON, 400, "malformed-request"),
+    ("latin1", '{"jobs": [{"id": "é"}]}'.encode("latin-1"), JSON, 400, "malformed-request"),
+    ("utf16", json.dumps(PLAN).encode("utf-16"), JSON, 400, "malformed-request"),
+    ("utf8-bom", b"\xef\xbb\xbf" + json.dumps(PLAN).encode(), JSON, 400, "malformed-request"),
+    ("lone-surrogate", _plan_with().replace(b'"x"', b'"\\ud800"'), JSON, 400, "malformed-request"),
+    ("deep-nesting", DEEP, JSON, 400, "malformed-request"),
+    ("deep-nesting-in-plan", DEEP_IN_PLAN, JSON, 400, "malformed-request"),
+    ("int-too-long", b'{"jobs": ' + b"9" * 5000 + b"}", JSON, 400, "malformed-request"),
+    (
+        "huge-float",
+        _plan_with().replace(b'"x"}', b'"x", "duration": 1e400}'),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    ("huge-int", _plan_with(duration=10**400), JSON, 422, "invalid-plan"),
+    ("negative-duration", _plan_with(duration=-1), JSON, 422, "invalid-plan"),
+    ("bool-duration", _plan_with(duration=True), JSON, 422, "invalid-plan"),
+    ("top-level-array", b"[]", JSON, 422, "invalid-plan"),
+    ("top-level-string", b'"jobs"', JSON, 422, "invalid-plan"),
+    ("top-level-null", b"null", JSON, 422, "invalid-plan"),
+    ("top-level-number", b"5", JSON, 422, "invalid-plan"),
+    ("no-jobs", b"{}", JSON, 422, "invalid-plan"),
+    ("jobs-not-list", b'{"jobs": "x"}', JSON, 422, "invalid-plan"),
+    ("job-not-object", b'{"jobs": [1, null, "x"]}', JSON, 422, "invalid-plan"),
+    ("empty-jobs", b'{"jobs": []}', JSON, 422, "invalid-plan"),
+    ("unknown-top-field", json.dumps({**PLAN, "extra": 1}).encode(), JSON, 422, "invalid-plan"),
+    (
+        "unknown-job-field",
+        b'{"jobs": [{"id": "a", "type": "generate", "params": {"prompt": "x"}, "colour": 1}]}',
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    ("unknown-param", _plan_with(colour="red"), JSON, 422, "invalid-plan"),
+    (
+        "wrong-types",
+        b'{"jobs": [{"id": 5, "type": [], "params": "x", "dependsOn": {}}]}',
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "null-base",
+        json.dumps({**PLAN, "baseExecutionId": None}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "cycle",
+        b'{"jobs": [{"id": "a", "type": "reframe", "params": {"aspectRatio": "1:1"}, '
+        b'"dependsOn": ["b"]}, {"id": "b", "type": "reframe", "params": {"aspectRatio": "1:1"}, '
+        b'"dependsOn": ["a"]}]}',
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "webhook-not-object",
+        json.dumps({**PLAN, "webhook": "https://x.com"}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    ("webhook-null", json.dumps({**PLAN, "webhook": None}).encode(), JSON, 422, "invalid-plan"),
+    (
+        "webhook-ftp",
+        json.dumps({**PLAN, "webhook": {"url": "ftp://x.com/a"}}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "webhook-bad-port",
+        json.dumps({**PLAN, "webhook": {"url": "http://x.com:99999/"}}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "webhook-bad-ipv6",
+        json.dumps({**PLAN, "webhook": {"url": "http://[::1/"}}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "webhook-no-host",
+        json.dumps({**PLAN, "webhook": {"url": "http:///path"}}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "webhook-space",
+        json.dumps({**PLAN, "webhook": {"url": " http://x.com"}}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "webhook-empty-secret",
+        json.dumps({**PLAN, "webhook": {"url": "https://x.com", "secret": ""}}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "webhook-unknown-field",
+        json.dumps({**PLAN, "webhook": {"url": "https://x.com", "token": "a"}}).encode(),
+        JSON,
+        422,
+        "invalid-plan",
+    ),
+    (
+        "unknown-base",
+        json.dumps({**PLAN, "baseExecutionId": MISSING_ID}).encode(),
+        JSON,
+        404,
+        "not-found",
+    ),
+    (
+        "weird-base",
+        json.dumps({**PLAN, "baseExecutionId": "\u0000/../x"}).encode(),
+        JSON,
+        404,
+        "not-found",
+    ),
+    (
+        "text-plain",
+        json.dumps(PLAN).encode(),
+        {"Content-Type": "text/plain"},
+        415,
+        "unsupported-media-type",
+    ),
+    ("no-content-type", json.dumps(PLAN).encode(), {}, 415, "unsupported-media-type"),
+    (
+        "form",
+        b"jobs=1",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        415,
+        "unsupported-media-type",
+    ),
+    (
+        "latin1-charset",
+        json.dumps(PLAN).encode(),
+        {"Content-Type": "application/json; charset=latin-1"},
+        415,
+        "unsupported-media-type",
+    ),
+    (
+        "bad-idempotency-key",
+        json.dumps(PLAN).encode(),
+        {**JSON, "Idempotency-Key": "a b"},
+        400,
+        "malformed-request",
+    ),
+    (
+        "long-idempotency-key",
+        json.dumps(PLAN).encode(),
+        {**JSON, "Idempotency-Key": "k" * 256},
+        400,
+        "malformed-request",
+    ),
+    (
+        "empty-idempotency-key",
+        json.dumps(PLAN).encode(),
+        {**JSON, "Idempotency-Key": ""},
+        400,
+        "malformed-request",
+    ),
+]
+
+
+async def test_a_corpus_of_malformed_requests_is_answered_4xx_problems(tmp_path: Path) -> None:
+    async with (
+        live_api(tmp_path / "e.db", rate_limit=None) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        for name, body, headers, status, kind in CORPUS:
+            response = await client.post("/api/execute", content=body, headers={**ALPHA, **headers})
+            problem = assert_problem(response, status, kind)
+            if kind == "invalid-plan":
+                assert problem["errors"], name
+                for error in problem["errors"]:
+                    assert set(error) == {"jobId", "field", "message"}
+        assert live.app.responses.keys() <= {400, 404, 415, 422}, live.app.responses
+
+
+async def test_plan_errors_name_the_job_and_field(tmp_path: Path) -> None:
+    body = {
+        "jobs": [
+            {"id": "job1", "type": "generate", "params": {"prompt": "x", "duration": 0}},
+            {"id": "job2", "type": "merge", "dependsOn": ["job1", "nope"]},
+        ],
+        "webhook": {"url": "gopher://x"},
+        "extra": True,
+    }
+    async with live_api(None) as live, httpx.AsyncClient(base_url=live.url) as client:
+        response = await client.post("/api/execute", json=body, headers=ALPHA)
+        problem = assert_problem(response, 422, "invalid-plan")
+        where = {(e["jobId"], e["field"]) for e in problem["errors"]}
+        assert {
+            (None, "webhook.url"),
+            (None, "extra"),
+            ("job1", "params.duration"),
+            ("job2", "dependsOn"),
+        } <= where
+
+
+async def test_accepted_oddities(tmp_path: Path) -> None:
+    """Valid JSON with odd but legal content is accepted, not a 5xx."""
+    async with live_api(tmp_path / "e.db") as live, httpx.AsyncClient(base_url=live.url) as client:
+        for prompt in ("nul \u0000 inside", "emoji \U0001f600", "\\ud83d\\ude00 escaped"):
+            await submit(
+                client, {"jobs": [{"id": "j", "type": "generate", "params": {"prompt": prompt}}]}
+            )
+        pair = _plan_with().replace(b'"x"', b'"\\ud83d\\ude00"')
+        response = await client.post(
+            "/api/execute",
+            content=pair,
+            headers={**ALPHA, "Content-Type": "application/JSON; charset=UTF-8"},
+        )
+        assert response.status_code == 202
+        # A body on cancel is ignored, whatever it is.
+        execution_id = response.json()["executionId"]
+        cancel = await client.post(
+            f"/api/execute/{execution_id}/cancel", content=b"\xff" * 10, headers=ALPHA
+        )
+        assert cancel.status_code == 202
+
+
+async def test_routes_and_methods(tmp_path: Path) -> None:
+    async with live_api(None) as live, httpx.AsyncClient(base_url=live.url) as client:
+        for method, path, allow in (
+            ("GET", "/api/execute", "POST"),
+            ("PUT", "/api/execute", "POST"),
+            ("DELETE", f"/api/execute/{MISSING_ID}", "GET"),
+            ("POST", f"/api/execute/{MISSING_ID}", "GET"),
+            ("GET", f"/api/execute/{MISSING_ID}/cancel", "POST"),
+            ("PATCH", f"/api/execute/{MISSING_ID}/status", "GET"),
+            ("HEAD", "/healthz", "GET"),
+            ("POST", "/metrics", "GET"),
+            ("DELETE", "/openapi.json", "GET"),
+        ):
+            response = await client.request(method, path)
+            assert response.status_code == 405, (method, path)
+            assert response.headers["allow"] == allow
+            if method != "HEAD":
+                assert_problem(response, 405, "method-not-allowed")
+        for path in (
+            "/",
+            "/api",
+            "/api/",
+            "/api/executes",
+            "/api/execute/x/y/z",
+            f"/api/execute/{MISSING_ID}/pause",
+            "/healthz/",
+            "/HEALTHZ",
+            "/api/execute/%2e%2e/status",
+            "/api/execute/a%2Fb/status",
+            "/api/execute/%ff/status",
+            "/api/execute/" + "x" * 5000,
+        ):
+            response = await client.get(path, headers=ALPHA)
+            assert_problem(response, 404, "not-found")
+
+
+# --- body size ----------------------------------------------------------------------------------
+
+
+async def _raw(url: str, request: bytes, *, then: Sequence[bytes] = ()) -> bytes:
+    """Send ``request`` (and then each of ``then``) on a raw connection; read the whole answer."""
+    host, port = url.removeprefix("http://").split(":")
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(request)
+        for chunk in then:
+            try:
+                await stream.send(chunk)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                break
+        answer = b""
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    data = await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    break
+                answer += data
+                if _complete(answer):
+                    break
+        return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    match = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+    return match is not None and len(body) >= int(match[1])
+
+
+def _status_of(answer: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"content-type: application/problem+json" in head.lower()
+    return status, json.loads(body)
+
+
+async def test_an_oversized_content_length_is_413_before_the_body_is_sent(tmp_path: Path) -> None:
+    async with live_api(None, max_body_bytes=1000) as live:
+        head = (
+            b"POST /api/execute HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer key-alpha\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n"
+        )
+        status, problem = _status_of(await _raw(live.url, head))  # no body sent at all
+        assert status == 413 and problem["type"].endswith("payload-too-large")
+
+
+async def test_an_oversized_chunked_body_is_413_while_streaming(tmp_path: Path) -> None:
+    async with live_api(None, max_body_bytes=1000) as live:
+        head = (
+            b"POST /api/execute HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer key-alpha\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"190\r\n" + b" " * 400 + b"\r\n"  # 400 bytes each; the body never ends
+        status, problem = _status_of(await _raw(live.url, head, then=[chunk] * 3))
+        assert status == 413 and problem["type"].endswith("payload-too-large")
+
+
+async def test_an_oversized_body_sent_whole_is_413(tmp_path: Path) -> None:
+    async with live_api(None) as live, httpx.AsyncClient(base_url=live.url) as client:
+        big = {"jobs": [{"id": "a", "type": "generate", "params": {"prompt": "x" * (1 << 21)}}]}
+        response = await client.post("/api/execute", json=big, headers=ALPHA)
+        assert_problem(response, 413, "payload-too-large")
+        at_limit = b" " * ((1 << 20) - len(json.dumps(PLAN))) + json.dumps(PLAN).encode()
+        response = await client.post("/api/execute", content=at_limit, headers={**ALPHA, **JSON})
+        assert response.status_code == 202
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+
+class _SlowCreate:
+    """Storage whose ``create`` waits until released: the first request stays in flight."""
+
+    def __init__(self, inner: MemoryStorage) -> None:
+        self.inner = inner
+        self.entered = anyio.Event()
+        self.unblock = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def create(self, *args: Any, **kwargs: Any) -> Execution:
+        self.entered.set()
+        await self.unblock.wait()
+        return await self.inner.create(*args, **kwargs)
+
+
+async def test_idempotency_keys(tmp_path: Path) -> None:
+    async with live_api(tmp_path / "e.db") as live, httpx.AsyncClient(base_url=live.url) as client:
+        first = await submit(client, PLAN, **{"Idempotency-Key": "order-1"})
+        again = await submit(client, PLAN, **{"Idempotency-Key": "order-1"})
+        assert again == first
+        other = {"jobs": [{"id": "job1", "type": "generate", "params": {"prompt": "other"}}]}
+        conflict = await client.post(
+            "/api/execute", json=other, headers={**ALPHA, "Idempotency-Key": "order-1"}
+        )
+        assert_problem(conflict, 422, "idempotency-conflict")
+        # Keys are scoped per tenant: the same key elsewhere is another execution.
+        theirs = await client.post(
+            "/api/execute", json=PLAN, headers={**BETA, "Idempotency-Key": "order-1"}
+        )
+        assert theirs.status_code == 202 and theirs.json()["executionId"] != first
+        fresh = await submit(client, PLAN, **{"Idempotency-Key": "order-2"})
+        assert fresh != first
+
+
+async def test_a_key_still_being_created_is_409(tmp_path: Path) -> None:
+    storage = _SlowCreate(MemoryStorage())
+    engine = Engine(
+        storage=cast(Storage, storage),
+        queue=MemoryQueue(),
+        provider=FakeVideoProvider(),
+        notifier=RecordingNotifier(),
+    )
+    async with (
+        live_api(None, engine=engine) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+        anyio.create_task_group() as task_group,
+    ):
+        answers: list[httpx.Response] = []
+
+        async def first() -> None:
+            answers.append(
+                await client.post(
+                    "/api/execute", json=PLAN, headers={**ALPHA, "Idempotency-Key": "k1"}
+                )
+            )
+
+        task_group.start_soon(first)
+        with anyio.fail_after(5):
+            await storage.entered.wait()
+        second = await client.post(
+            "/api/execute", json=PLAN, headers={**ALPHA, "Idempotency-Key": "k1"}
+        )
+        assert_problem(second, 409, "idempotency-in-progress")
+        assert second.headers["retry-after"] == "1"
+        storage.unblock.set()
+    assert answers[0].status_code == 202
+
+
+# --- rate limit ----------------------------------------------------------------------------------
+
+
+async def test_rate_limit_is_per_key_with_retry_after(tmp_path: Path) -> None:
+    async with (
+        live_api(None, rate_limit=(3, 60.0)) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        path = f"/api/execute/{MISSING_ID}/status"
+        for _ in range(3):
+            assert (await client.get(path, headers=ALPHA)).status_code == 404
+        limited = await client.get(path, headers=ALPHA)
+        assert_problem(limited, 429, "rate-limited")
+        retry_after = int(limited.headers["retry-after"])
+        assert 1 <= retry_after <= 20
+        assert (await client.get(path, headers=BETA)).status_code == 404
+        assert (await client.get("/healthz")).status_code == 200
+        submit_limited = await client.post("/api/execute", json=PLAN, headers=ALPHA)
+        assert_problem(submit_limited, 429, "rate-limited")
+
+
+# --- cancel, resume, metrics ---------------------------------------------------------------------
+
+
+async def test_cancel_and_resume(tmp_path: Path) -> None:
+    gate = anyio.Event()
+
+    async def hold(request: JobRequest) -> None:
+        await gate.wait()
+
+    provider = FakeVideoProvider(on_call=hold)
+    async with (
+        live_api(tmp_path / "e.db", provider=provider) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        execution_id = await submit(client)
+        cancelled = await client.post(f"/api/execute/{execution_id}/cancel", headers=ALPHA)
+        assert cancelled.status_code == 202
+        assert cancelled.json() == {"executionId": execution_id, "status": "cancelled"}
+        again = await client.post(f"/api/execute/{execution_id}/cancel", headers=ALPHA)
+        assert again.status_code == 202 and again.json()["status"] == "cancelled"
+        status = await wait_status(client, execution_id, ["cancelled"])
+        assert status["error"]["code"]
+        gate.set()
+        resumed = await client.post(f"/api/execute/{execution_id}/resume", headers=ALPHA)
+        assert resumed.status_code == 202 and resumed.json()["executionId"] == execution_id
+        await wait_status(client, execution_id, ["completed"])
+        not_again = await client.post(f"/api/execute/{execution_id}/resume", headers=ALPHA)
+        assert_problem(not_again, 409, "invalid-state")
+
+
+_SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? '
+    r"(NaN|[+-]Inf|-?[0-9.eE+-]+)$"
+)
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[str, float]]]:
+    """Check the text format 0.0.4 line by line; return samples by metric name."""
+    assert text.endswith("\n")
+    types: dict[str, str] = {}
+    samples: dict[str, list[tuple[str, float]]] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name, _, help_text = line[7:].partition(" ")
+            assert help_text and name not in samples
+        elif line.startswith("# TYPE "):
+            name, _, kind = line[7:].partition(" ")
+            assert kind in ("counter", "gauge", "summary", "histogram", "untyped")
+            assert name not in types
+            types[name] = kind
+        else:
+            match = _SAMPLE.match(line)
+            assert match is not None, line
+            name = match[1]
+            assert name in types, f"{name} has no TYPE line before it"
+            value = float(match[4].replace("Inf", "inf"))
+            if types[name] == "counter":
+                assert name.endswith("_total") and value >= 0
+            samples.setdefault(name, []).append((match[2] or "", value))
+    return samples
+
+
+async def test_metrics_are_prometheus_text(tmp_path: Path) -> None:
+    async with live_api(tmp_path / "e.db") as live, httpx.AsyncClient(base_url=live.url) as client:
+        assert_problem(await client.get("/metrics"), 401, "unauthorized")
+        empty = await client.get("/metrics", headers=ALPHA)
+        assert empty.status_code == 200
+        assert empty.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        before = parse_prometheus(empty.text)
+        assert math.isnan(before["videoflow_execution_success_ratio"][0][1])
+        execution_id = await submit(client)
+        await wait_status(client, execution_id, ["completed"])
+        samples = parse_prometheus((await client.get("/metrics", headers=ALPHA)).text)
+        executions = dict(samples["videoflow_executions"])
+        assert executions['{status="completed"}'] == 1
+        assert executions['{status="failed"}'] == 0
+        assert dict(samples["videoflow_execution_success_ratio"])[""] == 1.0
+        quantiles = dict(samples["videoflow_execution_duration_seconds"])
+        assert 0 <= quantiles['{quantile="0.5"}'] <= quantiles['{quantile="0.95"}']
+        assert dict(samples["videoflow_job_attempts_total"])[""] == 2
+        assert dict(samples["videoflow_job_retries_total"])[""] == 0
+        for name in ("videoflow_queue_depth", "videoflow_live_executions"):
+            assert name in samples
+        assert dict(samples["videoflow_http_responses_total"])['{code="202"}'] == 1
+
+
+# --- internal failures ---------------------------------------------------------------------------
+
+
+class _BrokenGet:
+    def __init__(self, inner: MemoryStorage) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def get(self, execution_id: str) -> Execution | None:
+        raise RuntimeError("disk on fire")
+
+
+async def test_an_internal_failure_is_a_500_problem_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = Engine(
+        storage=cast(Storage, _BrokenGet(MemoryStorage())),
+        queue=MemoryQueue(),
+        provider=FakeVideoProvider(),
+        notifier=RecordingNotifier(),
+    )
+    async with (
+        live_api(None, engine=engine) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        with caplog.at_level(logging.ERROR, logger="contrib.asgi"):
+            response = await client.get(f"/api/execute/{MISSING_ID}/status", headers=ALPHA)
+        problem = assert_problem(response, 500, "internal-error")
+        assert "disk on fire" not in response.text and "disk" not in problem["detail"]
+        assert any("disk on fire" in (r.exc_text or "") for r in caplog.records)
