@@ -72,6 +72,8 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_RATE_LIMIT: tuple[float, float] = (100, 2.0)
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+#: Status bodies of completed executions kept, by (tenant, id).
+_COMPLETED_CACHE = 10_000
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
 _WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN.strip("^$"))
 _JSON_TYPE = b"application/json"
@@ -126,6 +128,7 @@ class App:
         self._keys = KeyRing(api_keys)
         self._limiter = None if rate_limit is None else RateLimiter(*rate_limit)
         self._in_flight: set[tuple[str, str]] = set()
+        self._completed: dict[tuple[str, str], Response] = {}
         #: Responses sent, by status code (shown by ``/metrics``).
         self.responses: Counter[int] = Counter()
         self._openapi = dump_json(openapi_document(title=title))
@@ -247,11 +250,22 @@ class App:
 
     async def _status(self, request: _Request) -> Response:
         execution_id = _known_id(request.execution_id)
+        slot = (request.tenant or "", execution_id)
+        cached = self._completed.get(slot)
+        if cached is not None:
+            return cached
         try:
             report = await self.engine.status(execution_id, tenant=request.tenant)
         except UnknownExecution:
             raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
-        return _json_response(200, report.to_json())
+        response = _json_response(200, report.to_json())
+        if report.status == "completed":
+            # Final: nothing changes a completed execution (only failed or cancelled ones can be
+            # resumed), so its status body is kept for the clients that poll it again.
+            self._completed[slot] = response
+            if len(self._completed) > _COMPLETED_CACHE:
+                del self._completed[next(iter(self._completed))]
+        return response
 
     async def _execution(self, request: _Request) -> Response:
         execution_id = _known_id(request.execution_id)

@@ -1,102 +1,238 @@
-"""The seed's Example 1: a base product demo, then French and Spanish variants after it.
+"""The seed's Example 1 for real: a product demo, then French and Spanish variants after it.
 
-Run with ``make demo`` (or ``python -m contrib.demo``). It uses the embedded in-memory engine and
-the fake provider, whose videos are records rather than files.
+``make demo`` (or ``python -m contrib.demo``) runs it on the durable SQLite engine
+(``./out/engine.db``) with :class:`~adapters.ffmpeg.FFmpegVideoProvider`, which makes real MP4
+files in ``./out/``. The base's three scenes are generated and merged with a crossfade once;
+the two variants (their own audio track, made locally, and subtitles) start when the merge is
+done and run in parallel. Each variant has a webhook to a receiver this demo starts on loopback,
+which verifies both signature schemes. ``--fake`` runs the same on the in-memory engine with the
+fake provider, in a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import anyio
 
-from adapters.memory import FakeVideoProvider, RecordingNotifier
+from adapters.http import HttpNotifier
+from adapters.memory import FakeVideoProvider
 from engine import (
     Engine,
+    InvalidSignature,
     PipelineExecution,
     Progress,
-    Video,
+    VideoProvider,
     add_subtitles,
     compose,
     generate_video,
     lip_sync,
     merge,
+    verify_webhook,
 )
+from engine.webhooks import HEX_SIGNATURE
+
+SECRET = "whsec_ZGVtby1zZWNyZXQtZm9yLXRoZS1wcm9kdWN0LWRlbW8="
 
 product_demo = compose(
-    generate_video(prompt="Scene 1", duration=3),
-    generate_video(prompt="Scene 2", duration=3),
-    generate_video(prompt="Scene 3", duration=3),
-    merge(transition="crossfade"),
+    generate_video(prompt="Scene 1: a sunrise over the city", duration=3),
+    generate_video(prompt="Scene 2: the product on a desk", duration=3),
+    generate_video(prompt="Scene 3: a happy customer", duration=3),
+    merge(transition="crossfade", transition_duration=0.5),
 )
 
-
-def bar(progress: Progress, width: int = 20) -> str:
-    filled = round(width * progress.percent / 100)
-    current = f" running {progress.current_job}" if progress.current_job else ""
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {progress.completed_jobs}/"
-        f"{progress.total_jobs} {progress.status}{current}"
-    )
-
-
-def reporter(name: str, started: float) -> Callable[[Progress], None]:
-    def report(progress: Progress) -> None:
-        print(f"  {time.monotonic() - started:6.2f}s  {name:<8} {bar(progress)}")
-
-    return report
+CUES = {
+    "fr": [
+        {"start": 0.3, "end": 2.8, "text": "Bonjour ! Voici notre produit."},
+        {"start": 3.0, "end": 5.5, "text": "Simple, rapide, élégant."},
+        {"start": 5.7, "end": 7.8, "text": "Essayez-le dès aujourd'hui."},
+    ],
+    "es": [
+        {"start": 0.3, "end": 2.8, "text": "¡Hola! Este es nuestro producto."},
+        {"start": 3.0, "end": 5.5, "text": "Simple, rápido, elegante."},
+        {"start": 5.7, "end": 7.8, "text": "Pruébalo hoy mismo."},
+    ],
+}
 
 
-async def main(latency: float) -> None:
-    provider = FakeVideoProvider(latency=latency)
-    notifier = RecordingNotifier()
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that checks both signatures of every delivery."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.arrived = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = dict(self.headers.items())
+                standard = {k: v for k, v in headers.items() if k.lower().startswith("webhook-")}
+                seed = {HEX_SIGNATURE: headers.get(HEX_SIGNATURE, "")}
+                checks = {}
+                for name, subset in (("standard", standard), ("hex", seed)):
+                    try:
+                        payload = verify_webhook(body, subset, SECRET)
+                        checks[name] = "valid"
+                    except InvalidSignature as exc:
+                        checks[name] = f"INVALID ({exc})"
+                        payload = json.loads(body)
+                receiver.received.append(
+                    {
+                        "path": self.path,
+                        "payload": payload,
+                        "checks": checks,
+                        "id": headers.get("webhook-id"),
+                    }
+                )
+                self.send_response(204)
+                self.end_headers()
+                receiver.arrived.set()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Bars:
+    """One progress bar per execution: redrawn in place on a terminal, else a line per event."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.lines = dict.fromkeys(names, "waiting")
+        self.live = sys.stdout.isatty()
+        self.started = time.monotonic()
+        if self.live:
+            print("\n" * (len(names) - 1))
+
+    def reporter(self, name: str) -> Callable[[Progress], None]:
+        def report(progress: Progress) -> None:
+            width = 24
+            filled = round(width * progress.percent / 100)
+            running = f" · running {progress.current_job}" if progress.current_job else ""
+            self.lines[name] = (
+                f"[{'█' * filled}{'·' * (width - filled)}] {progress.completed_jobs}/"
+                f"{progress.total_jobs} {progress.status}{running}"
+            )
+            self.draw(name)
+
+        return report
+
+    def draw(self, changed: str) -> None:
+        elapsed = time.monotonic() - self.started
+        if not self.live:
+            print(f"  {elapsed:6.1f}s  {changed:<8} {self.lines[changed]}", flush=True)
+            return
+        sys.stdout.write(f"\x1b[{len(self.names)}F")
+        for name in self.names:
+            sys.stdout.write(f"\x1b[2K  {name:<8} {self.lines[name]}\n")
+        sys.stdout.flush()
+
+
+async def main(out: Path, fake: bool) -> None:
     started = time.monotonic()
-    print(f"Engine: in-memory, FakeVideoProvider (latency {latency}s per job)\n")
-    async with Engine.in_memory(provider=provider, notifier=notifier, concurrency=4) as engine:
-        handles: dict[str, PipelineExecution] = {}
-        base = await product_demo.on_progress(reporter("base", started)).execute(engine)
-        handles["base"] = base
-        for name, language, audio in (
-            ("french", "fr", "https://cdn.example.com/french.mp3"),
-            ("spanish", "es", "https://cdn.example.com/spanish.mp3"),
-        ):
-            variant = compose(
-                product_demo, lip_sync(audio_url=audio), add_subtitles(language=language)
-            )
-            handles[name] = await variant.on_progress(reporter(name, started)).execute(
-                engine,
-                base_execution_id=base.id,
-                webhook_url=f"https://api.example.com/webhook/{name}",
-                webhook_secret="secret123",
-            )
-        videos: dict[str, Video] = {}
-        for name, handle in handles.items():
-            videos[name] = await handle.wait(timeout=60)
+    audio: dict[str, str] = {}
+    provider: VideoProvider
+    if fake:
+        provider = FakeVideoProvider(latency=0.2)
+        audio = {lang: f"https://cdn.example.com/{lang}.mp3" for lang in ("fr", "es")}
+        print("Engine: in-memory, fake provider (records, no files)\n")
+    else:
+        from adapters.ffmpeg import FFmpegVideoProvider, make_speech_like
+
+        provider = FFmpegVideoProvider(out / "media", max_processes=2)
+        for lang, pitch in (("fr", 150.0), ("es", 120.0)):
+            path = out / "media" / f"voice-{lang}.m4a"
+            await make_speech_like(path, 8.0, pitch=pitch)
+            audio[lang] = path.resolve().as_uri()
+        print(f"Engine: SQLite ({out / 'engine.db'}), FFmpeg provider, files in {out}/\n")
+
+    with Receiver() as receiver:
+        notifier = HttpNotifier(allowed_networks=("127.0.0.0/8",))
+        options: dict[str, Any] = {"provider": provider, "notifier": notifier, "concurrency": 4}
+        engine = (
+            Engine.in_memory(**options)
+            if fake
+            else Engine.sqlite(str(out / "engine.db"), **options)
+        )
+        bars = Bars(["base", "french", "spanish"])
+        async with engine:
+            handles: dict[str, PipelineExecution] = {}
+            handles["base"] = await product_demo.on_progress(bars.reporter("base")).execute(engine)
+            for name, lang in (("french", "fr"), ("spanish", "es")):
+                variant = compose(
+                    product_demo,
+                    lip_sync(audio_url=audio[lang]),
+                    add_subtitles(language=lang, cues=CUES[lang]),
+                ).on_progress(bars.reporter(name))
+                handles[name] = await variant.execute(
+                    engine,
+                    base_execution_id=handles["base"].id,
+                    webhook_url=f"{receiver.url}/webhook/{name}",
+                    webhook_secret=SECRET,
+                )
+            videos = {name: await handle.wait(timeout=300) for name, handle in handles.items()}
+            with anyio.fail_after(30):
+                while len(receiver.received) < 2:
+                    await anyio.to_thread.run_sync(receiver.arrived.wait, 1.0)
+                    receiver.arrived.clear()
+            metrics = await engine.metrics()
         elapsed = time.monotonic() - started
 
-    print("\nResults")
+    print("\nVideos")
     for name, video in videos.items():
-        print(
-            f"  {name:<8} {handles[name].id}  {video.url}  {video.duration:.1f}s "
-            f"{video.aspect_ratio} {video.width}x{video.height}"
+        line = (
+            f"  {name:<8} {video.duration:5.2f}s {video.width}x{video.height} {video.aspect_ratio}"
         )
-    base_calls = [c for c in provider.calls if c.execution_id == base.id]
-    print(f"\nJobs run: {len(provider.calls)} in all; the base's {len(base_calls)} jobs ran once")
-    merge_done = max(c.finished_at or 0.0 for c in base_calls)
-    firsts = [c for c in provider.calls if c.execution_id != base.id and c.job_id == "job1"]
-    after = all(c.started_at >= merge_done for c in firsts)
-    print(f"Variants started after the base's merge finished: {after}")
-    print(f"Notifications (terminal executions): {len(notifier.deliveries)}")
-    print(f"Total time: {elapsed:.2f}s")
+        if video.url.startswith("file://"):
+            path = Path(unquote(urlsplit(video.url).path))
+            final = out / f"{name}.mp4"
+            shutil.copyfile(path, final)
+            line += f"  {final}  ({final.stat().st_size / 1024:.0f} KiB)"
+        else:
+            line += f"  {video.url}"
+        print(line)
+    print(
+        f"\nJobs run: {metrics.attempts} ({metrics.jobs_completed} completed, "
+        f"{metrics.retries} retries); the base's 4 jobs ran once, its variants ran 2 each"
+    )
+    print("Webhooks received")
+    for item in receiver.received:
+        checks = ", ".join(f"{k} signature {v}" for k, v in item["checks"].items())
+        print(f"  {item['path']:<18} {item['payload']['status']:<10} {checks}")
+    print(f"\nTotal time: {elapsed:.1f}s")
 
 
 def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--latency", type=float, default=0.3, help="seconds per fake job")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    parser.add_argument("--fake", action="store_true", help="in-memory engine, fake provider")
     args = parser.parse_args()
-    anyio.run(main, args.latency)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    (args.out / "media").mkdir(parents=True)
+    anyio.run(main, args.out, args.fake)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,16 @@ from engine.errors import (
 )
 from engine.models import (
     TERMINAL,
+    DeliveryAttempt,
+    DeliveryRecorded,
     Execution,
     JobInfo,
     JobRef,
     Notification,
+    OutboxAdd,
+    OutboxDone,
+    OutboxReset,
+    OutboxStatus,
     Progress,
     StatusReport,
     Webhook,
@@ -74,6 +80,9 @@ class EngineMetrics:
     queue_depth: int
     live_executions: int
     live_jobs: int
+    deliveries: Mapping[str, int]
+    delivery_latency_p50: float | None
+    delivery_latency_p99: float | None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +97,9 @@ class EngineMetrics:
             "queueDepth": self.queue_depth,
             "liveExecutions": self.live_executions,
             "liveJobs": self.live_jobs,
+            "deliveries": dict(self.deliveries),
+            "deliveryLatencyP50": self.delivery_latency_p50,
+            "deliveryLatencyP99": self.delivery_latency_p99,
         }
 
 
@@ -150,6 +162,8 @@ class Engine:
         self._timer_wake = anyio.Event()
         self._listeners: dict[str, list[Listener]] = {}
         self._durations: deque[float] = deque(maxlen=10_000)
+        self._delivery_latency: deque[float] = deque(maxlen=10_000)
+        self._completed_at: dict[str, float] = {}
         self._valid_plans: dict[tuple[int, bool], tuple[ExecutionPlan, tuple[JobInfo, ...]]] = {}
         self.shutdown_grace = shutdown_grace
         self._undelivered = 0
@@ -212,6 +226,7 @@ class Engine:
         self._task_group = task_group
         try:
             await self._claim_and_admit()
+            await self._claim_outbox()
             for _ in range(self.concurrency):
                 task_group.start_soon(self._worker)
             task_group.start_soon(self._timer)
@@ -293,6 +308,7 @@ class Engine:
         if lost:
             self._lose(lost)
         await self._claim_and_admit()
+        await self._claim_outbox()
         for base_id in list(self.scheduler.external):
             base = await self.storage.get(base_id)
             if base is not None and base.status in TERMINAL:
@@ -300,6 +316,15 @@ class Engine:
                     base_id, base.status, base.result, self.clock.now()
                 )
                 await self._commit(step)
+
+    async def _claim_outbox(self) -> None:
+        """Send the pending webhook events that no live engine is sending (after a crash)."""
+        now = self.clock.now()
+        dead = _dead_local_holders(await self.storage.holders(), self.owner)
+        for notification in await self.storage.claim_outbox(
+            self.owner, now=now, lease_until=now + self.lease, dead_owners=dead
+        ):
+            self._send(notification)
 
     def _lose(self, execution_ids: Collection[str]) -> None:
         """Another engine holds these now: stop working on them."""
@@ -446,12 +471,59 @@ class Engine:
             finally:
                 self.unsubscribe(execution_id, listener)
 
+    async def redeliver(self, execution_id: str, *, tenant: str | None = None) -> None:
+        """Send an ended execution's webhook again (same ``webhook-id``), e.g. after the
+        receiver was fixed; the attempts are added to its delivery log."""
+        execution = await self.get(execution_id, tenant=tenant)
+        if execution.status not in TERMINAL or execution.webhook is None:
+            raise InvalidState(f"execution {execution_id} has no webhook event to send")
+        if not await self._claim_and_admit([execution_id]) and not self.scheduler.is_live(
+            execution_id
+        ):
+            held = await self.storage.claim(
+                self.owner,
+                now=self.clock.now(),
+                lease_until=self.clock.now() + self.lease,
+                ids=[execution_id],
+            )
+            if not held:
+                raise InvalidState(f"execution {execution_id} is held by another engine")
+        event_id = f"evt_{execution_id}_{execution.generation}"
+        await self.storage.apply([OutboxReset(event_id, execution_id)], owner=self.owner)
+        made = len(
+            [d for d in await self.storage.deliveries(execution_id) if d.event_id == event_id]
+        )
+        self._send(
+            Notification(
+                event_id=event_id,
+                execution_id=execution_id,
+                status=execution.status,
+                payload=payload_for(
+                    execution_id, execution.status, execution.result, execution.error
+                ),
+                webhook=execution.webhook,
+                tenant=execution.tenant,
+                attempts_made=made,
+            )
+        )
+
+    async def deliveries(
+        self, execution_id: str, *, tenant: str | None = None
+    ) -> list[DeliveryAttempt]:
+        """Every attempt at delivering this execution's webhook, oldest first."""
+        await self.get(execution_id, tenant=tenant)
+        return await self.storage.deliveries(execution_id)
+
     async def metrics(self) -> EngineMetrics:
         counts = await self.storage.counts()
         ended = sum(counts.get(s, 0) for s in TERMINAL)
         stats = self.scheduler.stats()
         durations = sorted(self._durations)
+        latencies = sorted(self._delivery_latency)
         return EngineMetrics(
+            deliveries=await self.storage.outbox_counts(),
+            delivery_latency_p50=_quantile(latencies, 0.50),
+            delivery_latency_p99=_quantile(latencies, 0.99),
             executions=counts,
             success_rate=counts.get("completed", 0) / ended if ended else None,
             duration_p50=_quantile(durations, 0.50),
@@ -501,7 +573,18 @@ class Engine:
     # --- the machinery ----------------------------------------------------------------------------
 
     async def _commit(self, step: Step) -> None:
-        """Write a step, then act on it: release ready jobs, schedule retries, abort, notify."""
+        """Write a step, then act on it: release ready jobs, schedule retries, abort, notify.
+
+        An execution with a webhook that ends here gets its webhook event queued in the outbox in
+        the same write, so the event survives a crash right after it.
+        """
+        notifications = [self._notification(ended) for ended in step.ended]
+        if self.notifier is not None:
+            step.changes.extend(
+                OutboxAdd(n.event_id, n.execution_id, n.status, n.payload)
+                for n in notifications
+                if n.webhook is not None
+            )
         if step.changes:
             try:
                 await self.storage.apply(step.changes, owner=self.owner)
@@ -529,8 +612,9 @@ class Engine:
                 if targets and progress is not None:
                     for listener in list(targets):
                         listener.progress(progress)
+        by_execution = {n.execution_id: n for n in notifications}
         for ended in step.ended:
-            self._on_ended(ended)
+            self._on_ended(ended, by_execution[ended.execution_id])
 
     @staticmethod
     def _without(step: Step, execution_ids: Collection[str]) -> None:
@@ -541,26 +625,30 @@ class Engine:
         step.progressed = [e for e in step.progressed if e not in execution_ids]
         step.ended = [e for e in step.ended if e.execution_id not in execution_ids]
 
-    def _on_ended(self, ended: Ended) -> None:
+    @staticmethod
+    def _notification(ended: Ended) -> Notification:
+        return Notification(
+            event_id=f"evt_{ended.execution_id}_{ended.generation}",
+            execution_id=ended.execution_id,
+            status=ended.status,
+            payload=payload_for(ended.execution_id, ended.status, ended.result, ended.error),
+            webhook=ended.webhook,
+            tenant=ended.tenant,
+        )
+
+    def _on_ended(self, ended: Ended, notification: Notification) -> None:
         if ended.status == "completed":
             self._durations.append(ended.completed_at - ended.created_at)
+            self._completed_at[ended.execution_id] = ended.completed_at
         for listener in self._listeners.pop(ended.execution_id, []):
             listener.progress(ended.progress)
             listener.ended(ended)
+        self._send(notification)
+
+    def _send(self, notification: Notification) -> None:
         if self.notifier is not None and self._notify_send is not None:
             self._undelivered += 1
-            self._notify_send.send_nowait(
-                Notification(
-                    event_id=f"evt_{ended.execution_id}_{ended.generation}",
-                    execution_id=ended.execution_id,
-                    status=ended.status,
-                    payload=payload_for(
-                        ended.execution_id, ended.status, ended.result, ended.error
-                    ),
-                    webhook=ended.webhook,
-                    tenant=ended.tenant,
-                )
-            )
+            self._notify_send.send_nowait(notification)
 
     async def _worker(self) -> None:
         queue = self.queue
@@ -633,9 +721,29 @@ class Engine:
             task_group.start_soon(self._deliver, notification)
 
     async def _deliver(self, notification: Notification) -> None:
+        """Hand one event to the notifier; for a webhook, keep its delivery log in the store."""
         assert self.notifier is not None
+        durable = notification.webhook is not None
+        last: list[DeliveryAttempt] = []
+
+        async def record(attempt: DeliveryAttempt) -> None:
+            await self.storage.apply([DeliveryRecorded(attempt)], owner=self.owner)
+            last[:] = [attempt]
+            if attempt.outcome == "delivered":
+                ended_at = self._completed_at.pop(attempt.execution_id, None)
+                if ended_at is not None:
+                    self._delivery_latency.append(attempt.at + attempt.latency - ended_at)
+
         try:
-            await self.notifier.notify(notification)
+            await self.notifier.notify(notification, record if durable else None)
+            if durable:
+                status: OutboxStatus = "notified"
+                if last:
+                    status = "delivered" if last[0].outcome == "delivered" else "failed"
+                done = OutboxDone(notification.event_id, notification.execution_id, status)
+                await self.storage.apply([done], owner=self.owner)
+        except LeaseLost:
+            log.warning("another engine took over delivering %s", notification.event_id)
         except Exception:
             log.exception("notifier failed for execution %s", notification.execution_id)
         finally:

@@ -211,9 +211,78 @@ class Notification:
     payload: Mapping[str, Any]
     webhook: Webhook | None = None
     tenant: str | None = None
+    #: Delivery attempts already made for this event (by an engine that died, for instance), so
+    #: a notifier can continue its numbering and its back-off schedule where they were.
+    attempts_made: int = 0
 
 
-Change = JobUpdate | ExecutionUpdate
+DeliveryOutcome = Literal["delivered", "retry", "failed"]
+
+
+@frozen
+class DeliveryAttempt:
+    """One try at delivering one webhook event.
+
+    ``outcome`` is ``delivered`` (a 2xx), ``retry`` (failed, another attempt follows at
+    ``retry_at``) or ``failed`` (failed, and the last one). ``at`` is when the attempt started
+    and ``latency`` how long it took, in seconds on the notifier's clock.
+    """
+
+    event_id: str
+    execution_id: str
+    url: str
+    attempt: int
+    at: float
+    status_code: int | None
+    error: str | None
+    latency: float
+    outcome: DeliveryOutcome
+    retry_at: float | None = None
+
+
+OutboxStatus = Literal["pending", "delivered", "failed", "notified"]
+
+
+@frozen
+class OutboxAdd:
+    """A webhook event to deliver, written in the same ``apply`` that ends its execution."""
+
+    event_id: str
+    execution_id: str
+    status: ExecutionStatus
+    payload: Mapping[str, Any]
+
+
+@frozen
+class DeliveryRecorded:
+    """An attempt at delivering an outbox event, appended to its delivery log."""
+
+    attempt: DeliveryAttempt
+
+    @property
+    def execution_id(self) -> str:
+        return self.attempt.execution_id
+
+
+@frozen
+class OutboxDone:
+    """The notifier is done with an event: ``delivered``, ``failed`` (gave up) or ``notified``
+    (taken by a notifier that makes no HTTP attempts)."""
+
+    event_id: str
+    execution_id: str
+    status: OutboxStatus
+
+
+@frozen
+class OutboxReset:
+    """Deliver an event again (``Engine.redeliver``): back to ``pending``, same event id."""
+
+    event_id: str
+    execution_id: str
+
+
+Change = JobUpdate | ExecutionUpdate | OutboxAdd | DeliveryRecorded | OutboxDone | OutboxReset
 
 
 def frame_size(aspect_ratio: str, short_side: int = 720) -> tuple[int, int]:

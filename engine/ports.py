@@ -8,10 +8,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol, runtime_checkable
 
-from engine.models import Change, Execution, JobRef, JobRequest, Notification, Video
+from engine.models import (
+    Change,
+    DeliveryAttempt,
+    Execution,
+    JobRef,
+    JobRequest,
+    Notification,
+    Video,
+)
 
 
 @runtime_checkable
@@ -25,10 +33,19 @@ class VideoProvider(Protocol):
         ...
 
 
+AttemptRecorder = Callable[[DeliveryAttempt], Awaitable[None]]
+
+
 @runtime_checkable
 class Notifier(Protocol):
-    async def notify(self, notification: Notification) -> None:
-        """Take responsibility for telling the outside world that an execution ended."""
+    async def notify(
+        self, notification: Notification, record: AttemptRecorder | None = None
+    ) -> None:
+        """Tell the outside world that an execution ended; return when done or given up.
+
+        A notifier that makes delivery attempts awaits ``record(attempt)`` for each, so the
+        engine can keep a durable delivery log.
+        """
         ...
 
 
@@ -94,7 +111,8 @@ class Storage(Protocol):
         ...
 
     async def renew(self, owner: str, *, lease_until: float) -> set[str]:
-        """Extend every lease ``owner`` holds on unfinished executions, in one write.
+        """Extend every lease ``owner`` holds on unfinished executions (and on terminal ones
+        with pending webhook events), in one write.
 
         Returns the ids of the unfinished executions ``owner`` still holds.
         """
@@ -106,6 +124,32 @@ class Storage(Protocol):
 
     async def holders(self) -> dict[str, float]:
         """Each engine holding unfinished executions, with the latest of its leases."""
+        ...
+
+    async def claim_outbox(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        dead_owners: Collection[str] = (),
+    ) -> list[Notification]:
+        """Take the pending webhook events of executions no live engine holds; oldest first.
+
+        An event is pending from the ``OutboxAdd`` that queued it (or an ``OutboxReset``) until
+        an ``OutboxDone``. Its execution must be claimable by ``claim``'s rules (unheld, lease
+        expired, holder dead) and becomes held by ``owner``; ``renew`` also extends the leases
+        of terminal executions that still have pending events. Each returned notification has
+        its execution's webhook and tenant, and ``attempts_made`` from the delivery log.
+        """
+        ...
+
+    async def deliveries(self, execution_id: str) -> list[DeliveryAttempt]:
+        """The delivery log of an execution's webhook events, oldest first."""
+        ...
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """How many webhook events are in each outbox status."""
         ...
 
     async def unfinished(self) -> list[Execution]:

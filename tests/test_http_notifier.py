@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -35,8 +36,9 @@ from adapters.http.ssrf import (
     refusal_reason,
     resolve_checked,
 )
+from engine import models
 from engine.clock import ManualClock
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError, EngineError, LeaseLost
 from engine.models import Notification, Webhook
 from engine.webhooks import verify_webhook
 
@@ -157,13 +159,16 @@ class SteppingClock:
         await self.manual.sleep_until(deadline)
 
 
-def notification(url: str, secret: str | None = SECRET, event_id: str = "evt_1") -> Notification:
+def notification(
+    url: str, secret: str | None = SECRET, event_id: str = "evt_1", attempts_made: int = 0
+) -> Notification:
     return Notification(
         event_id=event_id,
         execution_id="exec_1",
         status="completed",
         payload=PAYLOAD,
         webhook=Webhook(url=url, secret=secret),
+        attempts_made=attempts_made,
     )
 
 
@@ -728,3 +733,161 @@ async def test_concurrent_deliveries_keep_their_own_results() -> None:
     assert sender.results["evt_ok"].attempts == 2
     assert not sender.results["evt_gone"].delivered
     assert sender.results["evt_gone"].attempts == 1
+
+
+# --- the durable delivery log: record(), and deliveries continued after a restart ---------------
+
+
+def replying(*statuses: int) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A transport answering with ``statuses`` in turn (the last repeats), and what it got."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(statuses[min(len(sent), len(statuses)) - 1])
+
+    return httpx.MockTransport(handler), sent
+
+
+def test_delivery_attempt_is_the_engine_model() -> None:
+    assert DeliveryAttempt is models.DeliveryAttempt
+
+
+async def test_record_is_awaited_for_every_attempt() -> None:
+    transport, sent = replying(500, 503, 200)
+    recorded: list[DeliveryAttempt] = []
+    observed: list[DeliveryAttempt] = []
+
+    async def record(attempt: DeliveryAttempt) -> None:
+        await anyio.lowlevel.checkpoint()
+        assert attempt == sender.attempts[-1]  # on_attempt and the list come first
+        recorded.append(attempt)
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        sender = notifier(
+            SteppingClock(), client=client, retry_schedule=(0, 5, 60), on_attempt=observed.append
+        )
+        await sender.notify(notification("http://127.0.0.1:9/hook"), record)
+
+    assert recorded == sender.attempts == observed
+    assert [(a.attempt, a.outcome) for a in recorded] == [
+        (1, "retry"),
+        (2, "retry"),
+        (3, "delivered"),
+    ]
+    assert len(sent) == 3
+
+
+async def test_a_continued_delivery_numbers_on_and_follows_the_rest_of_the_schedule() -> None:
+    clock = SteppingClock()
+    transport, sent = replying(500, 500, 200)
+    recorded: list[DeliveryAttempt] = []
+
+    async def record(attempt: DeliveryAttempt) -> None:
+        recorded.append(attempt)
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        start = clock.now()
+        sender = notifier(clock, client=client, retry_schedule=(0, 5, 60, 600, 900))
+        await sender.notify(notification("http://127.0.0.1:9/hook", attempts_made=1), record)
+
+    # attempt 2 goes at once; attempt 3 waits schedule[2], attempt 4 schedule[3]
+    assert [a.attempt for a in recorded] == [2, 3, 4]
+    assert [a.outcome for a in recorded] == ["retry", "retry", "delivered"]
+    assert clock.deadlines == [start + 60, start + 660]
+    assert [a.retry_at for a in recorded] == [start + 60, start + 660, None]
+    assert {r.headers["webhook-id"] for r in sent} == {"evt_1"}
+    result = sender.results["evt_1"]
+    assert (result.delivered, result.attempts) == (True, 4)
+
+
+async def test_the_last_attempt_of_the_schedule_is_final() -> None:
+    transport, sent = replying(500)
+    async with httpx.AsyncClient(transport=transport) as client:
+        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 5, 60))
+        await sender.notify(notification("http://127.0.0.1:9/hook", attempts_made=2))
+
+    [attempt] = sender.attempts
+    assert (attempt.attempt, attempt.outcome, attempt.retry_at) == (3, "failed", None)
+    assert len(sent) == 1
+
+
+@pytest.mark.parametrize(("status", "outcome"), [(500, "failed"), (204, "delivered")])
+async def test_a_used_up_schedule_still_gets_one_last_attempt(status: int, outcome: str) -> None:
+    clock = SteppingClock()
+    transport, sent = replying(status)
+    recorded: list[DeliveryAttempt] = []
+
+    async def record(attempt: DeliveryAttempt) -> None:
+        recorded.append(attempt)
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        sender = notifier(clock, client=client, retry_schedule=(0, 1, 2))
+        await sender.notify(notification("http://127.0.0.1:9/hook", attempts_made=7), record)
+
+    [attempt] = recorded
+    assert (attempt.attempt, attempt.outcome, attempt.retry_at) == (8, outcome, None)
+    assert len(sent) == 1
+    assert clock.deadlines == []
+    assert sender.results["evt_1"].attempts == 8
+
+
+async def test_a_refused_destination_is_recorded_too() -> None:
+    recorded: list[DeliveryAttempt] = []
+
+    async def record(attempt: DeliveryAttempt) -> None:
+        recorded.append(attempt)
+
+    sender = notifier(SteppingClock(), allowed_networks=(), retry_schedule=(0, 5))
+    await sender.notify(notification("http://127.0.0.1:9/hook", attempts_made=3), record)
+
+    [attempt] = recorded
+    assert (attempt.attempt, attempt.outcome) == (4, "failed")
+    assert "loopback" in (attempt.error or "")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [LeaseLost(["exec_1"]), RuntimeError("disk on fire")],
+    ids=["lease lost", "a bug"],
+)
+async def test_record_raising_stops_the_delivery(
+    failure: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = SteppingClock()
+    transport, sent = replying(500)
+    calls: list[int] = []
+
+    async def record(attempt: DeliveryAttempt) -> None:
+        calls.append(attempt.attempt)
+        if attempt.attempt == 2:
+            raise failure
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        start = clock.now()
+        sender = notifier(clock, client=client, retry_schedule=(0, 5, 60, 600))
+        with caplog.at_level(logging.WARNING, logger="adapters.http.notifier"):
+            await sender.notify(notification("http://127.0.0.1:9/hook"), record)  # no raise
+
+    assert calls == [1, 2]
+    assert len(sent) == 2
+    assert [a.attempt for a in sender.attempts] == [1, 2]  # the attempt made is still listed
+    assert clock.deadlines == [start + 5]  # no wait for a third attempt
+    assert not sender.results["evt_1"].delivered
+    [stopped] = [r for r in caplog.records if "delivery stopped" in r.getMessage()]
+    assert str(failure) in stopped.getMessage()
+    assert bool(stopped.exc_info) == isinstance(failure, RuntimeError)  # a bug: traceback
+
+
+async def test_record_raising_after_the_last_attempt_returns_quietly() -> None:
+    transport, sent = replying(200)
+
+    async def record(attempt: DeliveryAttempt) -> None:
+        raise LeaseLost(["exec_1"])
+
+    async with httpx.AsyncClient(transport=transport) as client:
+        sender = notifier(SteppingClock(), client=client)
+        await sender.notify(notification("http://127.0.0.1:9/hook"), record)
+
+    assert len(sent) == 1
+    assert sender.results["evt_1"].delivered

@@ -26,7 +26,7 @@ import attrs
 import hypothesis
 import pytest
 from attrs import define, field, frozen
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -36,6 +36,7 @@ from engine.models import (
     TERMINAL,
     Change,
     Execution,
+    ExecutionStatus,
     ExecutionUpdate,
     JobRef,
     JobRequest,
@@ -337,12 +338,11 @@ def make_engine(
     return engine, storage, notifier
 
 
-async def until_ended(
-    storage: LoggedStorage, execution_ids: Sequence[str], log: list[Event]
-) -> None:
-    """Let the engine run until every execution has ended; fail if it stops making progress."""
+async def run_until(done: Callable[[], bool], log: list[Event], why: Callable[[], str]) -> None:
+    """Let the engine run until ``done()``; fail at once if every task is blocked first (the
+    engine is stuck: nothing else can happen)."""
     seen, idle = len(log), 0
-    while not storage.ended(execution_ids):
+    while not done():
         await anyio.lowlevel.checkpoint()
         if len(log) != seen:
             seen, idle = len(log), 0
@@ -350,10 +350,20 @@ async def until_ended(
         idle += 1
         if idle >= 100:
             await anyio.wait_all_tasks_blocked()
-            if len(log) == seen and not storage.ended(execution_ids):
-                stuck = {i: storage.status.get(i, "pending") for i in execution_ids}
-                raise AssertionError(f"the engine is stuck with unfinished executions: {stuck}")
+            if len(log) == seen and not done():
+                raise AssertionError(f"the engine is stuck: {why()}")
             idle = 0
+
+
+async def until_ended(
+    storage: LoggedStorage, execution_ids: Sequence[str], log: list[Event]
+) -> None:
+    """Let the engine run until every execution has ended."""
+
+    def why() -> str:
+        return f"executions not ended: {[storage.status.get(i, 'pending') for i in execution_ids]}"
+
+    await run_until(lambda: storage.ended(execution_ids), log, why)
 
 
 @frozen
@@ -392,7 +402,11 @@ async def run_scenario(scenario: Scenario) -> Run:
                     log.append(CancelRequest(target, engine.scheduler.is_live(target)))
                     await engine.cancel(target)
             await until_ended(storage, ids, log)
-            await notifier.wait_for(len(ids))
+
+            def why() -> str:
+                return f"{len(notifier.deliveries)} notifications for {len(ids)} executions"
+
+            await run_until(lambda: len(notifier.deliveries) >= len(ids), log, why)
             for _ in range(10):  # room for a wrong extra notification to arrive
                 await anyio.lowlevel.checkpoint()
             executions = [await engine.get(execution_id) for execution_id in ids]
@@ -695,8 +709,9 @@ class RootBarrier:
             await self.open.wait()
 
 
-#: Seconds for every variant's root job to start; it takes milliseconds when they run together.
-BARRIER_TIMEOUT = 2.0
+#: Seconds for every variant's root job to start (a safety net: an engine that runs them one at
+#: a time is caught as soon as every task is blocked).
+BARRIER_TIMEOUT = 5.0
 
 
 async def run_base_and_variants(
@@ -714,13 +729,18 @@ async def run_base_and_variants(
             roots = [(v, plan.jobs[0].id) for v, plan in zip(variants, variant_plans, strict=True)]
             barrier.roots = set(roots)
             with anyio.fail_after(BARRIER_TIMEOUT):
-                await barrier.open.wait()
+
+                def why() -> str:
+                    return f"{len(barrier.started)} of {len(roots)} variant roots started"
+
+                await run_until(barrier.open.is_set, log, why)
             await until_ended(storage, [base, *variants], log)
             executions = [await engine.get(execution_id) for execution_id in [base, *variants]]
     return log, base, roots, executions
 
 
 @pytest.mark.parametrize("workers", [2, 3, 4, 5, 6])
+@settings(max_examples=max(5, settings().max_examples // 4))  # per worker count
 @given(data=st.data())
 def test_variants_of_one_base_run_concurrently(workers: int, data: st.DataObject) -> None:
     base_plan = data.draw(plans(has_base=False, max_jobs=12), label="base plan")
@@ -759,6 +779,9 @@ def test_variants_of_one_base_run_concurrently(workers: int, data: st.DataObject
 # --- the scheduler as a state machine ------------------------------------------------------------
 
 MACHINE_RETRY = RetryPolicy(max_attempts=3, initial_delay=0, jitter=False)
+MACHINE_EXECUTIONS = 10
+MACHINE_LIVE_EXECUTIONS = 4
+MACHINE_EXTERNAL_BASES = 2
 
 
 @define
@@ -786,10 +809,21 @@ class ModelExecution:
         return self.status == "live"
 
 
+@define
+class ModelExternal:
+    """A base execution run by another engine: this scheduler only hears how it ends."""
+
+    id: str
+    status: str = "live"
+    result: Video | None = None
+
+
 Ending: TypeAlias = tuple[str, str, str | None]
 
 
-def _stored_with(execution: Execution, change: Change) -> Execution:
+def _stored_with(execution: Execution, change: object) -> Execution:
+    """``execution`` as a store holds it after ``change`` (only job and execution updates
+    concern the scheduler)."""
     if isinstance(change, ExecutionUpdate):
         return attrs.evolve(
             execution,
@@ -800,6 +834,8 @@ def _stored_with(execution: Execution, change: Change) -> Execution:
             error=change.error,
             generation=change.generation,
         )
+    if not isinstance(change, JobUpdate):
+        return execution
     jobs = tuple(
         attrs.evolve(
             job,
@@ -821,7 +857,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     """Drives :class:`Scheduler` with random events and checks every step against a model.
 
     Steps are written to a simulated store later, by their own rule, as a slow storage would:
-    a variant admitted in between must still see its base's ending.
+    a variant admitted in between must still see its base's ending. Some variants wait for a
+    base run by another engine (``external``), whose ending the scheduler is told of.
     """
 
     def __init__(self) -> None:
@@ -829,6 +866,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.scheduler = Scheduler(retry=MACHINE_RETRY, rng=random.Random(0))
         self.now = 1_000.0
         self.model: dict[str, ModelExecution] = {}
+        self.external: dict[str, ModelExternal] = {}
         self.stored: dict[str, Execution] = {}
         self.unwritten: list[Step] = []
         #: Jobs the scheduler said were ready (or due for retry) and that have not started since.
@@ -884,6 +922,15 @@ class SchedulerMachine(RuleBasedStateMachine):
                 out.append((ref, job.attempts))
         return out
 
+    def base_status(self, base: str) -> str:
+        """ "live" or the terminal status of a base, run here or elsewhere."""
+        known = self.model.get(base)
+        return known.status if known is not None else self.external[base].status
+
+    def base_result(self, base: str) -> Video | None:
+        known = self.model.get(base)
+        return known.result if known is not None else self.external[base].result
+
     def waiting_on(self, base: str) -> list[ModelExecution]:
         """The live executions whose root jobs wait for ``base``'s final job."""
         return [e for e in self.model.values() if e.live and e.waits_for_base and e.base == base]
@@ -895,7 +942,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             inputs = [execution.jobs[dep].result for dep in job.spec.depends_on]
         elif job.spec.type in TRANSFORMS:
             assert execution.base is not None
-            inputs = [self.model[execution.base].result]
+            inputs = [self.base_result(execution.base)]
         else:
             inputs = []
         assert all(video is not None for video in inputs)
@@ -912,6 +959,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             while frontier:
                 base = frontier.pop()
                 for dependent in self.waiting_on(base):  # one base each: no repeats
+                    hypothesis.event("machine: an ending failed a waiting variant")
                     endings.append((dependent.id, "failed", "base_failed"))
                     frontier.append(dependent.id)
         aborted: set[JobRef] = set()
@@ -958,11 +1006,17 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # --- rules ----------------------------------------------------------------------------------
 
+    def may_admit(self) -> bool:
+        """Few executions, so that steps go to their jobs rather than to admitting more."""
+        live = sum(e.live for e in self.model.values())
+        return len(self.model) < MACHINE_EXECUTIONS and live < MACHINE_LIVE_EXECUTIONS
+
+    @precondition(may_admit)
     @rule(plan=plans(has_base=False, max_jobs=8))
     def admit(self, plan: ExecutionPlan) -> None:
         self._admit(plan, None)
 
-    @precondition(lambda self: bool(self.model))
+    @precondition(lambda self: bool(self.model) and self.may_admit())
     @rule(plan=plans(has_base=True, max_jobs=6), data=st.data())
     def admit_variant(self, plan: ExecutionPlan, data: st.DataObject) -> None:
         base = data.draw(st.sampled_from(sorted(self.model)), label="base")
@@ -986,17 +1040,54 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.model[execution_id] = model
         endings: list[Ending] = []
         if base is not None:
-            if self.model[base].live:
+            status = self.base_status(base)
+            if base in self.model and status != "live" and self.stored[base].status != status:
+                hypothesis.event("machine: variant admitted before its base's ending was written")
+            if status == "live":
                 model.waits_for_base = True
-            elif self.model[base].status != "completed":
+            elif status != "completed":
                 endings, _ = self.end(execution_id, "failed", "base_failed")
         ready = {(execution_id, job_id) for job_id in jobs if self.is_ready((execution_id, job_id))}
+        self.check_step(step, ready=ready, endings=endings)
+
+    @precondition(lambda self: self.may_admit() and len(self.external) < MACHINE_EXTERNAL_BASES)
+    @rule(plan=plans(has_base=True, max_jobs=6), data=st.data())
+    def admit_variant_of_external_base(self, plan: ExecutionPlan, data: st.DataObject) -> None:
+        new = f"ext_{len(self.external) + 1}"
+        base = data.draw(st.sampled_from([*sorted(self.external), new]), label="external base")
+        if base == new:
+            self.external[base] = ModelExternal(base)
+            self.stored[base] = Execution(base, "processing", (), self.now)
+        self._admit(plan, base)
+
+    @precondition(lambda self: any(e.status == "live" for e in self.external.values()))
+    @rule(data=st.data(), status=st.sampled_from(("completed", "failed", "cancelled")))
+    def external_base_ends(self, data: st.DataObject, status: ExecutionStatus) -> None:
+        live = sorted(e.id for e in self.external.values() if e.status == "live")
+        base = self.external[data.draw(st.sampled_from(live), label="external base")]
+        result = Video(f"fake://{base.id}", 2.0, "1:1") if status == "completed" else None
+        base.status, base.result = status, result
+        self.stored[base.id] = attrs.evolve(self.stored[base.id], status=status, result=result)
+        step = self.scheduler.base_ended(base.id, status, result, self.tick())
+        ready: set[JobRef] = set()
+        endings: list[Ending] = []
+        for dependent in self.waiting_on(base.id):
+            hypothesis.event(f"machine: an external base {status} with a variant waiting")
+            if status == "completed":
+                dependent.waits_for_base = False
+                ready |= {
+                    (dependent.id, j) for j in dependent.jobs if self.is_ready((dependent.id, j))
+                }
+            else:
+                endings += self.end(dependent.id, "failed", "base_failed")[0]
         self.check_step(step, ready=ready, endings=endings)
 
     @precondition(lambda self: bool(self.ready_refs()))
     @rule(data=st.data())
     def start(self, data: st.DataObject) -> None:
-        ref = data.draw(st.sampled_from(self.ready_refs()), label="job")
+        self.start_job(data.draw(st.sampled_from(self.ready_refs()), label="job"))
+
+    def start_job(self, ref: JobRef) -> None:
         assert ref in self.reported, f"{ref} is ready but was never reported ready"
         started = self.scheduler.start(ref, self.tick())
         assert started is not None, f"{ref} is ready but did not start"
@@ -1019,7 +1110,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.running_refs()))
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
-        ref = data.draw(st.sampled_from(self.running_refs()), label="job")
+        self.complete_job(data.draw(st.sampled_from(self.running_refs()), label="job"))
+
+    def complete_job(self, ref: JobRef) -> None:
         execution = self.model[ref[0]]
         job = self.job(ref)
         video = Video(f"fake://{ref[0]}/{ref[1]}/{job.attempts}", float(job.attempts), "16:9")
@@ -1035,6 +1128,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if ref[1] == execution.final:
             execution.result = video
             for dependent in self.waiting_on(execution.id):
+                hypothesis.event("machine: a base's completion released a variant")
                 dependent.waits_for_base = False
                 ready |= {
                     (dependent.id, job_id)
@@ -1045,6 +1139,24 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.check_step(step, ready=ready, endings=endings)
         if endings:
             assert step.ended[0].result == video
+
+    def progressing(self) -> list[str]:
+        return sorted({ref[0] for ref in [*self.ready_refs(), *self.running_refs()]})
+
+    @precondition(lambda self: bool(self.progressing()))
+    @rule(data=st.data())
+    def run_execution(self, data: st.DataObject) -> None:
+        """Start and complete every job of one execution, as far as it can go now."""
+        execution_id = data.draw(st.sampled_from(self.progressing()), label="execution")
+        while self.model[execution_id].live:
+            running = [ref for ref in self.running_refs() if ref[0] == execution_id]
+            ready = [ref for ref in self.ready_refs() if ref[0] == execution_id]
+            if running:
+                self.complete_job(running[0])
+            elif ready:
+                self.start_job(ready[0])
+            else:
+                break
 
     @precondition(lambda self: bool(self.running_refs()))
     @rule(data=st.data(), retryable=st.booleans())
@@ -1121,16 +1233,22 @@ class SchedulerMachine(RuleBasedStateMachine):
     def dependents_of_ended_executions_ended(self) -> None:
         for execution in self.model.values():
             if execution.live and execution.base is not None:
-                base = self.model[execution.base]
-                assert base.live or base.status == "completed", (
-                    f"{execution.id} is live but its base {base.id} is {base.status}"
+                status = self.base_status(execution.base)
+                assert status in ("live", "completed"), (
+                    f"{execution.id} is live but its base {execution.base} is {status}"
                 )
             assert self.scheduler.is_live(execution.id) == execution.live, execution.id
 
     @invariant()
     def live_graph_holds_only_unfinished_work(self) -> None:
         live = {e.id for e in self.model.values() if e.live}
-        assert set(self.scheduler.graph.nodes) == live
+        external = {
+            e.base
+            for e in self.model.values()
+            if e.live and e.waits_for_base and e.base in self.external
+        }
+        assert self.scheduler.external == external
+        assert set(self.scheduler.graph.nodes) == live | external
         edges = {(e.base, e.id) for e in self.model.values() if e.live and e.waits_for_base}
         assert set(self.scheduler.graph.edges) == edges
         stats = self.scheduler.stats()

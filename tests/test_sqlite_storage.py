@@ -13,12 +13,29 @@ from typing import Any
 
 import anyio
 import pytest
-from test_storage_contract import CLIP, FINAL, make_execution, rich_execution
+from test_storage_contract import (
+    CLIP,
+    FINAL,
+    attempt,
+    create_ended,
+    make_execution,
+    notification_of,
+    payload,
+    rich_execution,
+)
 
 from adapters.sqlite import SqliteStorage
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from engine.errors import ConfigError, IdempotencyConflict, LeaseLost, StorageError
-from engine.models import Change, Execution, ExecutionUpdate, JobUpdate
+from engine.models import (
+    Change,
+    DeliveryRecorded,
+    Execution,
+    ExecutionUpdate,
+    JobUpdate,
+    OutboxAdd,
+    OutboxDone,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -388,9 +405,18 @@ async def test_a_bad_file_is_a_clear_storage_error(
 
 
 def _corrupt_pages(path: Path) -> None:
-    """Keep the header page, overwrite every other page with noise."""
-    data = path.read_bytes()
-    path.write_bytes(data[:4096] + random.Random(1).randbytes(len(data) - 4096))
+    """Overwrite the root page of every table and index with noise; the header and the schema
+    (which may span several pages) stay readable."""
+    with raw(path) as conn:
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        roots = [r for (r,) in conn.execute("SELECT rootpage FROM sqlite_master") if r and r > 1]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    noise = random.Random(1)
+    for root in roots:
+        start = (root - 1) * page_size
+        data[start : start + page_size] = noise.randbytes(page_size)
+    path.write_bytes(bytes(data))
 
 
 async def test_a_corrupted_store_fails_reads_and_writes_with_storage_errors(
@@ -673,7 +699,7 @@ async def test_a_version_1_file_is_migrated_on_open(tmp_path: Path) -> None:
     _version_1_file(path)
 
     async with SqliteStorage(path) as store:
-        assert (await store.pragmas())["user_version"] == SCHEMA_VERSION == 2
+        assert (await store.pragmas())["user_version"] == SCHEMA_VERSION == 3
         stored = await store.get("exec_1")
         assert stored is not None
         assert (stored.status, stored.tenant, stored.generation) == ("processing", "acme", 3)
@@ -704,3 +730,171 @@ async def test_a_version_1_file_is_migrated_on_open(tmp_path: Path) -> None:
     conn.close()
     assert "executions_held" in indexes
     assert "executions_held" in str(plan)
+
+
+# --- the webhook outbox: inside group commit, across reopen, the v3 migration -------------------
+
+
+async def test_outbox_writes_are_fenced_and_fail_alone_in_their_group(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        await store.create(make_execution("exec_0"))
+        await store.create(make_execution("exec_a"), owner="A", lease_until=T0 + 30)
+        await store.create(make_execution("exec_b"), owner="B", lease_until=T0 + 30)
+        first, second = attempt("evt_a", "exec_a", 1), attempt("evt_a", "exec_a", 2, "delivered")
+        calls: list[Awaitable[Any]] = [
+            store.apply([ExecutionUpdate("exec_0", "processing", 1.0)]),  # waits for the lock
+            store.apply(
+                [
+                    ExecutionUpdate("exec_a", "completed", 1.0, 2.0, FINAL),
+                    OutboxAdd("evt_a", "exec_a", "completed", payload("exec_a")),
+                ],
+                owner="A",
+            ),
+            store.apply([DeliveryRecorded(first)], owner="A"),
+            store.apply([OutboxAdd("evt_a", "exec_b", "failed", {})], owner="B"),  # taken
+            # A is presumed dead: C takes its event, seeing the writes queued before
+            store.claim_outbox("C", now=T0, lease_until=T0 + 60, dead_owners=["A"]),
+            store.apply([DeliveryRecorded(second)], owner="A"),  # fenced out
+            store.apply(
+                [DeliveryRecorded(second), OutboxDone("evt_a", "exec_a", "delivered")], owner="C"
+            ),
+            store.apply([DeliveryRecorded(attempt("evt_nope", "exec_b", 1))], owner="B"),
+            store.renew("C", lease_until=T0 + 90),
+        ]
+
+        results = await queued_in_order(path, calls)
+
+        assert results[:4] == [None, None, None, StorageError]
+        [claimed] = results[4]
+        assert (claimed.event_id, claimed.attempts_made) == ("evt_a", 1)
+        assert results[5:] == [LeaseLost, None, StorageError, set()]
+        assert store.stats.rollbacks >= 1  # the failing calls were found by retrying alone
+        assert await store.deliveries("exec_a") == [first, second]
+        assert await store.deliveries("exec_b") == []
+        assert await store.outbox_counts() == {"delivered": 1}
+        assert await store.counts() == {"completed": 1, "pending": 1, "processing": 1}
+
+
+async def test_a_taken_event_id_is_named(tmp_path: Path) -> None:
+    async with SqliteStorage(tmp_path / "store.db") as store:
+        event_id = await create_ended(store, "exec_1", "A")
+        await store.create(make_execution("exec_2"))
+
+        with pytest.raises(StorageError, match=f"'{event_id}' already exists") as caught:
+            await store.apply([OutboxAdd(event_id, "exec_2", "completed", {})])
+        assert str(tmp_path) in str(caught.value)
+        with pytest.raises(StorageError, match="no such webhook event 'evt_x' of execution"):
+            await store.apply([OutboxDone("evt_x", "exec_2", "failed")])
+
+
+async def test_the_outbox_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    log = [attempt("evt_exec_1_0", "exec_1", 1), attempt("evt_exec_1_0", "exec_1", 2)]
+    async with SqliteStorage(path) as store:
+        await create_ended(store, "exec_1", "A")
+        await create_ended(store, "exec_2", "A")
+        await store.apply([DeliveryRecorded(a) for a in log], owner="A")
+        await store.apply([OutboxDone("evt_exec_2_0", "exec_2", "notified")], owner="A")
+
+    async with SqliteStorage(path) as reopened:  # A died: its lease runs out
+        assert await reopened.outbox_counts() == {"pending": 1, "notified": 1}
+        assert await reopened.deliveries("exec_1") == log
+        claimed = await reopened.claim_outbox("B", now=T0 + 31, lease_until=T0 + 60)
+        assert claimed == [notification_of("exec_1", attempts_made=2)]
+
+    with raw(path) as conn:
+        rows = conn.execute(
+            "SELECT event_id, status, execution_status, payload, created_at > 0, done_at > 0 "
+            "FROM outbox ORDER BY seq"
+        ).fetchall()
+    conn.close()
+    assert rows[0][:3] == ("evt_exec_1_0", "pending", "completed")
+    assert rows[0][3] == (
+        '{"executionId":"exec_1","status":"completed","video":{"url":'
+        '"https://cdn.example/final.mp4","duration":8.5,"title":"«café»"}}'
+    )
+    assert rows[0][4:] == (1, None)
+    assert rows[1][1:2] + rows[1][4:] == ("notified", 1, 1)
+
+
+def _version_2_file(path: Path) -> None:
+    """A store as version 2 of the schema wrote it: one execution held, one finished."""
+    conn = raw(path)
+    conn.execute("BEGIN")
+    for statement in (*MIGRATIONS[0], *MIGRATIONS[1]):
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO executions (id, status, webhook_url, webhook_secret, tenant, created_at, "
+        "started_at, owner, lease_until) VALUES ('exec_1', 'processing', "
+        "'https://hooks.example/video', 'whsec_c2VjcmV0LWtleQ==', 'acme', 1.0, 2.0, 'A', ?)",
+        (T0 + 30,),
+    )
+    conn.execute(
+        "INSERT INTO executions (id, status, created_at, completed_at, owner, lease_until) "
+        "VALUES ('exec_2', 'completed', 2.0, 4.0, 'A', ?)",
+        (T0 + 30,),
+    )
+    conn.execute(
+        "INSERT INTO jobs (execution_id, job_id, position, type, params, depends_on, status, "
+        "attempts) VALUES ('exec_1', 'job1', 0, 'generate', '{\"prompt\":\"x\"}', '[]', "
+        "'processing', 1)"
+    )
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+async def test_a_version_2_file_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    _version_2_file(path)
+
+    async with SqliteStorage(path) as store:
+        assert (await store.pragmas())["user_version"] == SCHEMA_VERSION == 3
+        assert await store.holders() == {"A": T0 + 30}  # the holds are kept
+        assert await store.counts() == {"processing": 1, "completed": 1}
+        assert await store.outbox_counts() == {}
+        assert await store.deliveries("exec_1") == []
+        assert await store.claim_outbox("B", now=T0, lease_until=T0 + 60) == []
+        with pytest.raises(LeaseLost):
+            await store.apply([ExecutionUpdate("exec_1", "completed", 2.0, 5.0)], owner="B")
+        ending: list[Change] = [
+            ExecutionUpdate("exec_1", "completed", 2.0, 5.0, FINAL),
+            OutboxAdd("evt_exec_1_0", "exec_1", "completed", payload("exec_1")),
+        ]
+        await store.apply(ending, owner="A")
+        await store.apply([DeliveryRecorded(attempt("evt_exec_1_0", "exec_1", 1))], owner="A")
+        claimed = await store.claim_outbox("B", now=T0, lease_until=T0 + 60, dead_owners=["A"])
+        assert claimed == [notification_of("exec_1", attempts_made=1)]
+        assert await store.outbox_counts() == {"pending": 1}
+
+    with raw(path) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        plans = [
+            str(conn.execute(f"EXPLAIN QUERY PLAN {sql}", parameters).fetchall())
+            for sql, parameters in [
+                (
+                    "SELECT o.event_id FROM outbox AS o JOIN executions AS e "
+                    "ON e.id = o.execution_id WHERE o.status = 'pending' "
+                    "AND (e.owner IS NULL OR e.lease_until < ? OR e.owner IN (?)) ORDER BY o.seq",
+                    (T0, "A"),
+                ),
+                (
+                    "UPDATE executions SET lease_until = ? WHERE id IN (SELECT execution_id "
+                    "FROM outbox WHERE status = 'pending') AND owner = ? "
+                    "AND status NOT IN ('pending', 'processing')",
+                    (T0, "A"),
+                ),
+                (
+                    "SELECT attempt FROM delivery_attempts WHERE execution_id = ? ORDER BY seq",
+                    ("exec_1",),
+                ),
+            ]
+        ]
+    conn.close()
+    assert {"outbox", "outbox_pending", "outbox_counts", "delivery_attempts"} <= names
+    assert "outbox_pending" in plans[0]
+    assert "outbox_pending" in plans[1]
+    assert "delivery_attempts_by_execution" in plans[2]
+    assert "TEMP B-TREE" not in plans[2]  # read in order from the index

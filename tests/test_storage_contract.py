@@ -23,12 +23,19 @@ from adapters.sqlite import SqliteStorage
 from engine.errors import IdempotencyConflict, LeaseLost, StorageError
 from engine.models import (
     Change,
+    DeliveryAttempt,
+    DeliveryOutcome,
+    DeliveryRecorded,
     ErrorInfo,
     Execution,
     ExecutionStatus,
     ExecutionUpdate,
     JobInfo,
     JobUpdate,
+    Notification,
+    OutboxAdd,
+    OutboxDone,
+    OutboxReset,
     Video,
     Webhook,
 )
@@ -764,6 +771,386 @@ async def test_racing_claimers_never_take_the_same_execution(storage: Storage) -
     assert await storage.counts() == {"completed": 50}
 
 
+# --- the webhook outbox --------------------------------------------------------------------------
+
+HOOK = Webhook("https://hooks.example/video", secret="whsec_c2VjcmV0LWtleQ==")
+
+
+def payload(execution_id: str) -> dict[str, Any]:
+    return {
+        "executionId": execution_id,
+        "status": "completed",
+        "video": {"url": "https://cdn.example/final.mp4", "duration": 8.5, "title": "«café»"},
+    }
+
+
+async def create_ended(
+    storage: Storage,
+    execution_id: str,
+    owner: str | None,
+    *,
+    lease_until: float = T0 + LEASE,
+    event_id: str | None = None,
+) -> str:
+    """An execution (held by ``owner``) that ended, its webhook event queued in the same apply,
+    as the engine writes them; the event id."""
+    execution = attrs.evolve(make_execution(execution_id, tenant="acme"), webhook=HOOK)
+    await storage.create(execution, owner=owner, lease_until=lease_until)
+    event_id = event_id or f"evt_{execution_id}_0"
+    await storage.apply(
+        [
+            ExecutionUpdate(execution_id, "completed", 1.0, 2.0, FINAL),
+            OutboxAdd(event_id, execution_id, "completed", payload(execution_id)),
+        ],
+        owner=owner,
+    )
+    return event_id
+
+
+def attempt(
+    event_id: str, execution_id: str, number: int, outcome: DeliveryOutcome = "retry"
+) -> DeliveryAttempt:
+    delivered = outcome == "delivered"
+    return DeliveryAttempt(
+        event_id=event_id,
+        execution_id=execution_id,
+        url="https://hooks.example/video",
+        attempt=number,
+        at=T0 + 10.0 * number,
+        status_code=200 if delivered else (None if number % 2 else 503),
+        error=None if delivered else "HTTP 503 «busy»",
+        latency=0.125 * number,
+        outcome=outcome,
+        retry_at=T0 + 10.0 * number + 5.0 if outcome == "retry" else None,
+    )
+
+
+def notification_of(
+    execution_id: str, event_id: str | None = None, attempts_made: int = 0
+) -> Notification:
+    return Notification(
+        event_id=event_id or f"evt_{execution_id}_0",
+        execution_id=execution_id,
+        status="completed",
+        payload=payload(execution_id),
+        webhook=HOOK,
+        tenant="acme",
+        attempts_made=attempts_made,
+    )
+
+
+async def test_an_event_is_queued_with_its_ending_and_taken_over_from_a_dead_engine(
+    storage: Storage,
+) -> None:
+    event_id = await create_ended(storage, "exec_1", "A")
+
+    assert await storage.outbox_counts() == {"pending": 1}
+    assert await storage.claim_outbox("B", now=T0, lease_until=T0 + LEASE) == []  # A is live
+    assert await storage.claim_outbox("A", now=T0, lease_until=T0 + LEASE) == []  # A's own
+    claimed = await storage.claim_outbox("B", now=T0, lease_until=T0 + 60, dead_owners=["A"])
+
+    assert claimed == [notification_of("exec_1")]
+    assert claimed[0].webhook is not None
+    assert claimed[0].webhook.secret == HOOK.secret
+    assert await storage.claim_outbox("C", now=T0, lease_until=T0 + 60, dead_owners=["A"]) == []
+    # B holds the execution now: A's late writes are fenced out, B's accepted
+    with pytest.raises(LeaseLost):
+        await storage.apply([DeliveryRecorded(attempt(event_id, "exec_1", 1))], owner="A")
+    await storage.apply([DeliveryRecorded(attempt(event_id, "exec_1", 1))], owner="B")
+    assert await storage.holders() == {}  # finished executions are not reported
+    assert await storage.deliveries("exec_1") == [attempt(event_id, "exec_1", 1)]
+
+
+async def test_the_delivery_log_keeps_every_field_oldest_first(storage: Storage) -> None:
+    first = await create_ended(storage, "exec_1", "A")
+    await create_ended(storage, "exec_2", "A")
+    second = "evt_exec_1_1"  # the execution was resumed and ended again
+    await storage.apply([OutboxAdd(second, "exec_1", "failed", {"status": "failed"})], owner="A")
+    log = [
+        attempt(first, "exec_1", 1),
+        attempt(second, "exec_1", 1),
+        attempt(first, "exec_1", 2),
+        attempt("evt_exec_2_0", "exec_2", 1, "delivered"),
+        attempt(first, "exec_1", 3, "failed"),
+    ]
+
+    await storage.apply([DeliveryRecorded(a) for a in log[:2]], owner="A")
+    for entry in log[2:]:
+        await storage.apply([DeliveryRecorded(entry)], owner="A")
+
+    assert await storage.deliveries("exec_1") == [log[0], log[1], log[2], log[4]]
+    assert await storage.deliveries("exec_2") == [log[3]]
+    assert await storage.deliveries("exec_nope") == []
+    claimed = await storage.claim_outbox("B", now=T0 + LEASE + 1, lease_until=T0 + 99)
+    assert [(n.event_id, n.status, n.attempts_made) for n in claimed] == [
+        (first, "completed", 3),
+        ("evt_exec_2_0", "completed", 1),
+        (second, "failed", 1),
+    ]
+    assert claimed[2].payload == {"status": "failed"}
+
+
+async def test_done_events_are_not_claimed_and_a_reset_makes_one_pending_again(
+    storage: Storage,
+) -> None:
+    ids = [await create_ended(storage, f"exec_{n}", "A") for n in range(4)]
+    await storage.apply(
+        [
+            DeliveryRecorded(attempt(ids[0], "exec_0", 1, "delivered")),
+            OutboxDone(ids[0], "exec_0", "delivered"),
+            DeliveryRecorded(attempt(ids[1], "exec_1", 1, "failed")),
+            OutboxDone(ids[1], "exec_1", "failed"),
+            OutboxDone(ids[2], "exec_2", "notified"),
+        ],
+        owner="A",
+    )
+    assert await storage.outbox_counts() == {
+        "delivered": 1,
+        "failed": 1,
+        "notified": 1,
+        "pending": 1,
+    }
+    claimed = await storage.claim_outbox("B", now=T0, lease_until=T0 + 9, dead_owners=["A"])
+    assert claimed == [notification_of("exec_3")]
+
+    # redeliver: the engine takes the execution by id, then resets its event; the log is kept
+    assert [e.id for e in await storage.claim("C", now=T0, lease_until=T0 + 9, ids=["exec_1"])]
+    await storage.apply([OutboxReset(ids[1], "exec_1")], owner="C")
+
+    assert await storage.outbox_counts() == {"delivered": 1, "notified": 1, "pending": 2}
+    assert await storage.claim_outbox("D", now=T0, lease_until=T0 + 9) == []  # C holds it
+    claimed = await storage.claim_outbox("D", now=T0, lease_until=T0 + 9, dead_owners=["C"])
+    assert claimed == [notification_of("exec_1", attempts_made=1)]
+    await storage.apply([OutboxReset(ids[1], "exec_1")], owner="D")  # harmless when pending
+    await storage.apply([OutboxDone(ids[1], "exec_1", "delivered")], owner="D")
+    assert await storage.outbox_counts() == {"delivered": 2, "notified": 1, "pending": 1}
+
+
+async def test_an_event_id_is_added_once(storage: Storage) -> None:
+    event_id = await create_ended(storage, "exec_1", "A")
+    await storage.create(make_execution("exec_2"), owner="A", lease_until=T0 + LEASE)
+    ending: list[Change] = [ExecutionUpdate("exec_2", "completed", 1.0, 2.0, FINAL)]
+
+    with pytest.raises(StorageError, match="already exists") as caught:
+        await storage.apply([*ending, OutboxAdd(event_id, "exec_2", "completed", {})], owner="A")
+    assert not isinstance(caught.value, LeaseLost)
+    twice = OutboxAdd("evt_new", "exec_2", "completed", {})
+    with pytest.raises(StorageError, match="evt_new"):
+        await storage.apply([*ending, twice, twice], owner="A")
+    await storage.apply([OutboxDone(event_id, "exec_1", "delivered")], owner="A")
+    with pytest.raises(StorageError, match="already exists"):  # done events too
+        await storage.apply([OutboxAdd(event_id, "exec_1", "completed", {})], owner="A")
+
+    assert await storage.counts() == {"completed": 1, "pending": 1}  # nothing of them applied
+    assert await storage.outbox_counts() == {"delivered": 1}
+    await storage.apply([*ending, twice], owner="A")
+    assert await storage.outbox_counts() == {"delivered": 1, "pending": 1}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        OutboxAdd("evt_x", "exec_nope", "completed", {}),
+        DeliveryRecorded(attempt("evt_nope", "exec_1", 1)),
+        DeliveryRecorded(attempt("evt_exec_2_0", "exec_1", 1)),  # another execution's event
+        OutboxDone("evt_nope", "exec_1", "delivered"),
+        OutboxReset("evt_nope", "exec_1"),
+        OutboxReset("evt_exec_1_0", "exec_nope"),
+    ],
+    ids=[
+        "add to unknown execution",
+        "record unknown event",
+        "record another execution's event",
+        "done unknown event",
+        "reset unknown event",
+        "reset of unknown execution",
+    ],
+)
+async def test_outbox_changes_are_all_or_nothing_with_the_rest(
+    storage: Storage, bad: Change
+) -> None:
+    await create_ended(storage, "exec_1", None)
+    await create_ended(storage, "exec_2", None)
+    await storage.create(make_execution("exec_3"))
+    good: list[Change] = [
+        ExecutionUpdate("exec_3", "failed", 1.0, 2.0),
+        OutboxAdd("evt_exec_3_0", "exec_3", "failed", {"status": "failed"}),
+        DeliveryRecorded(attempt("evt_exec_1_0", "exec_1", 1)),
+        OutboxDone("evt_exec_1_0", "exec_1", "failed"),
+    ]
+
+    with pytest.raises(StorageError, match=r"nope|exec_2_0"):
+        await storage.apply([*good, bad, *good[2:]])
+
+    assert await storage.counts() == {"completed": 2, "pending": 1}
+    assert await storage.outbox_counts() == {"pending": 2}
+    assert await storage.deliveries("exec_1") == []
+    await storage.apply(good)  # the store still works
+    assert await storage.outbox_counts() == {"pending": 2, "failed": 1}
+
+
+async def test_an_event_added_earlier_in_the_same_apply_can_be_recorded(
+    storage: Storage,
+) -> None:
+    await storage.create(make_execution("exec_1"), owner="A", lease_until=T0)
+    later = DeliveryRecorded(attempt("evt_1", "exec_1", 1))
+    add = OutboxAdd("evt_1", "exec_1", "completed", payload("exec_1"))
+
+    with pytest.raises(StorageError, match="evt_1"):  # recorded before it is added
+        await storage.apply([later, add], owner="A")
+    await storage.apply([add, later, OutboxDone("evt_1", "exec_1", "failed")], owner="A")
+
+    assert await storage.deliveries("exec_1") == [later.attempt]
+    assert await storage.outbox_counts() == {"failed": 1}
+
+
+async def test_outbox_changes_are_fenced_like_the_rest(storage: Storage) -> None:
+    event_id = await create_ended(storage, "exec_1", "A")
+    await storage.create(make_execution("exec_2"), owner="B", lease_until=T0 + LEASE)
+    changes: list[Change] = [
+        DeliveryRecorded(attempt(event_id, "exec_1", 1)),
+        OutboxDone(event_id, "exec_1", "failed"),
+        OutboxAdd("evt_2", "exec_2", "completed", {}),
+        ExecutionUpdate("exec_2", "completed", 1.0, 2.0),
+    ]
+
+    with pytest.raises(LeaseLost) as caught:
+        await storage.apply(changes, owner="B")
+    assert caught.value.execution_ids == {"exec_1"}
+    with pytest.raises(LeaseLost) as caught:
+        await storage.apply([OutboxReset(event_id, "exec_1")], owner="B")
+
+    assert await storage.deliveries("exec_1") == []
+    assert await storage.outbox_counts() == {"pending": 1}
+    assert await storage.counts() == {"completed": 1, "pending": 1}
+    await storage.apply(changes)  # unfenced: applied
+    assert await storage.outbox_counts() == {"failed": 1, "pending": 1}
+
+
+async def test_a_payload_that_is_not_json_is_refused(storage: Storage) -> None:
+    await storage.create(make_execution("exec_1"))
+
+    with pytest.raises(StorageError, match="not JSON"):
+        await storage.apply(
+            [
+                ExecutionUpdate("exec_1", "completed", 1.0, 2.0),
+                OutboxAdd("evt_1", "exec_1", "completed", {"when": object()}),
+            ]
+        )
+
+    assert await storage.counts() == {"pending": 1}
+    assert await storage.outbox_counts() == {}
+
+
+async def test_a_claimed_payload_is_a_copy(storage: Storage) -> None:
+    await create_ended(storage, "exec_1", None)
+
+    [first] = await storage.claim_outbox("A", now=T0, lease_until=T0 - 1)
+    first.payload["video"]["url"] = "changed"
+    [again] = await storage.claim_outbox("B", now=T0, lease_until=T0 + 1)
+
+    assert again.payload == payload("exec_1")
+
+
+async def test_claim_outbox_takes_events_of_claimable_executions_oldest_first(
+    storage: Storage,
+) -> None:
+    # events are taken in the order they were added, whatever the executions' order
+    await storage.create(make_execution("exec_resumed"), owner="dead", lease_until=T0 + LEASE)
+    expected = [
+        await create_ended(storage, "exec_free", None),
+        await create_ended(storage, "exec_expired", "old", lease_until=T0 - 1),
+        await create_ended(storage, "exec_dead", "dead"),
+    ]
+    # an unfinished execution with an event pending from an earlier ending: taken too
+    await storage.apply(
+        [OutboxAdd("evt_resumed", "exec_resumed", "failed", {"status": "failed"})], owner="dead"
+    )
+    expected.append("evt_resumed")
+    await storage.apply([OutboxAdd("evt_dead_1", "exec_dead", "failed", {})], owner="dead")
+    expected.append("evt_dead_1")
+    await create_ended(storage, "exec_live", "B")
+    await create_ended(storage, "exec_mine", "C")  # the claimer's own: not re-taken
+    await create_ended(storage, "exec_edge", "edge", lease_until=T0)  # not yet expired
+    await create_ended(storage, "exec_done", None)
+    await storage.apply([OutboxDone("evt_exec_done_0", "exec_done", "delivered")])
+
+    claimed = await storage.claim_outbox(
+        "C", now=T0, lease_until=T0 + 60, dead_owners=["dead", "nobody"]
+    )
+
+    assert [n.event_id for n in claimed] == expected
+    assert [n.execution_id for n in claimed] == [
+        "exec_free",
+        "exec_expired",
+        "exec_dead",
+        "exec_resumed",
+        "exec_dead",
+    ]
+    assert claimed[3].webhook is None
+    assert claimed[3].tenant is None
+    assert await storage.holders() == {"C": T0 + 60}  # exec_resumed is unfinished
+    for execution_id in ("exec_free", "exec_expired", "exec_dead", "exec_resumed"):
+        await storage.apply(
+            [OutboxAdd(f"evt_{execution_id}_9", execution_id, "completed", {})], owner="C"
+        )
+    for execution_id in ("exec_live", "exec_edge"):
+        with pytest.raises(LeaseLost):
+            await storage.apply(
+                [OutboxAdd(f"evt_{execution_id}_9", execution_id, "completed", {})], owner="C"
+            )
+
+
+async def test_renew_extends_finished_executions_with_pending_events(storage: Storage) -> None:
+    pending = await create_ended(storage, "exec_pending", "A", lease_until=T0 + 5)
+    done = await create_ended(storage, "exec_done", "A", lease_until=T0 + 5)
+    await storage.apply([OutboxDone(done, "exec_done", "delivered")], owner="A")
+    await storage.create(make_execution("exec_running"), owner="A", lease_until=T0 + 5)
+
+    held = await storage.renew("A", lease_until=T0 + 50)
+
+    assert held == {"exec_running"}  # the unfinished ones, as before
+    assert await storage.holders() == {"A": T0 + 50}
+    assert await storage.claim_outbox("B", now=T0 + 10, lease_until=T0 + 40) == []
+    # exec_done was not extended: its lease ran out at T0 + 5
+    await storage.apply([OutboxReset(done, "exec_done")], owner="A")
+    claimed = await storage.claim_outbox("B", now=T0 + 10, lease_until=T0 + 40)
+    assert [n.event_id for n in claimed] == [done]
+    await storage.apply([OutboxDone(done, "exec_done", "delivered")], owner="B")
+    # once delivered, a renewal no longer extends it
+    await storage.apply([OutboxDone(pending, "exec_pending", "delivered")], owner="A")
+    await storage.renew("A", lease_until=T0 + 90)
+    await storage.apply([OutboxReset(pending, "exec_pending")], owner="A")
+    assert await storage.claim_outbox("B", now=T0 + 60, lease_until=T0 + 99) == [
+        notification_of("exec_pending")
+    ]
+    assert await storage.renew("B", lease_until=T0 + 100) == set()
+
+
+async def test_racing_outbox_claimers_never_take_the_same_event(storage: Storage) -> None:
+    for n in range(30):
+        await create_ended(storage, f"exec_{n:02}", "dead")
+    taken: dict[str, list[str]] = {"A": [], "B": [], "C": []}
+
+    async def work(owner: str) -> None:
+        for _ in range(3):
+            claimed = await storage.claim_outbox(
+                owner, now=T0, lease_until=T0 + LEASE, dead_owners=["dead"]
+            )
+            taken[owner] += [n.event_id for n in claimed]
+            done = [OutboxDone(n.event_id, n.execution_id, "delivered") for n in claimed]
+            await storage.apply(done, owner=owner)  # never LeaseLost: no one else took them
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for owner in taken:
+            tg.start_soon(work, owner)
+
+    everything = [e for events in taken.values() for e in events]
+    assert sorted(everything) == sorted(f"evt_exec_{n:02}_0" for n in range(30))
+    assert await storage.outbox_counts() == {"delivered": 30}
+
+
 # --- every backend agrees with the reference, on random steps ------------------------------------
 
 STATUSES = ["pending", "processing", "completed", "failed", "cancelled"]
@@ -807,11 +1194,35 @@ release_step = st.tuples(
     st.sampled_from(ENGINES),
     st.none() | st.lists(st.integers(0, 5), max_size=3),
 )
+outbox_step = st.tuples(
+    st.just("outbox"),
+    st.sampled_from(["add", "record", "done", "reset"]),
+    st.integers(0, 4),  # which execution an added event is for (a stored one, if any)
+    st.integers(0, 3),  # which event
+    st.sampled_from(["delivered", "failed", "notified"]),  # done: as what
+)
+claim_outbox_step = st.tuples(
+    st.just("claim_outbox"),
+    st.sampled_from(ENGINES),
+    st.integers(0, 6),  # now
+    st.integers(1, 4),  # lease length
+    st.lists(st.sampled_from(ENGINES), max_size=2),  # dead owners
+)
 steps = st.lists(
     st.tuples(
         st.sampled_from(OWNERS),  # the owner this batch's apply is fenced by
+        st.booleans(),  # outbox changes in the same apply as the others, or in one of their own
         st.lists(
-            st.one_of(create_step, job_step, execution_step, claim_step, renew_step, release_step),
+            st.one_of(
+                create_step,
+                job_step,
+                execution_step,
+                claim_step,
+                renew_step,
+                release_step,
+                outbox_step,
+                claim_outbox_step,
+            ),
             min_size=1,
             max_size=4,
         ),
@@ -825,9 +1236,28 @@ def _target(ids: list[str], n: int) -> str:
     return ids[n % len(ids)] if ids and n < 5 else "exec_unknown"
 
 
-def _changes(batch: list[tuple[Any, ...]], ids: list[str]) -> list[Change]:
+def _changes(batch: list[tuple[Any, ...]], ids: list[str], events: dict[str, str]) -> list[Change]:
+    """The batch's changes. Outbox changes name an event's own execution when it was added
+    (``events``, which this updates as if the apply succeeds), else some other execution."""
     changes: list[Change] = []
     for step in batch:
+        if step[0] == "outbox":
+            _, kind, n, k, done = step
+            if kind == "add":
+                event_id, execution_id = f"evt_{k}", _target(ids, n)
+                changes.append(OutboxAdd(event_id, execution_id, "completed", {"n": n}))
+                events.setdefault(event_id, execution_id)
+                continue
+            # an event added already (mostly), with its execution; or one never added
+            known = sorted(events)
+            event_id = known[k % len(known)] if known and k < 3 else f"evt_{k}"
+            execution_id = events.get(event_id, _target(ids, n))
+            if kind == "record":
+                changes.append(DeliveryRecorded(attempt(event_id, execution_id, 1 + n % 3)))
+            elif kind == "done":
+                changes.append(OutboxDone(event_id, execution_id, done))
+            else:
+                changes.append(OutboxReset(event_id, execution_id))
         if step[0] == "job":
             _, n, job, status, attempts = step
             result = CLIP if status == "completed" else None
@@ -858,6 +1288,11 @@ def _ownership_call(store: Storage, step: tuple[Any, ...], ids: list[str]) -> An
     if kind == "renew":
         _, owner, lease_until = step
         return store.renew(owner, lease_until=float(lease_until))
+    if kind == "claim_outbox":
+        _, owner, now, length, dead = step
+        return store.claim_outbox(
+            owner, now=float(now), lease_until=float(now + length), dead_owners=dead
+        )
     _, owner, targets = step
     return store.release(owner, None if targets is None else [_target(ids, n) for n in targets])
 
@@ -877,7 +1312,7 @@ async def _outcome(call: Any) -> Any:
 )
 @given(steps=steps)
 async def test_every_backend_agrees_with_memory(
-    steps: list[tuple[str | None, list[tuple[Any, ...]]]],
+    steps: list[tuple[str | None, bool, list[tuple[Any, ...]]]],
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
         reference = MemoryStorage()
@@ -887,7 +1322,8 @@ async def test_every_backend_agrees_with_memory(
             await store.open()
         try:
             ids: list[str] = []
-            for owner, batch in steps:
+            events: dict[str, str] = {}  # added event ids: their executions
+            for owner, together, batch in steps:
                 for n, step in enumerate(batch):
                     if step[0] == "create":
                         _, tenant, key, fingerprint, jobs, holder, lease_until = step
@@ -898,6 +1334,8 @@ async def test_every_backend_agrees_with_memory(
                             idempotency_key=key,
                             jobs=jobs,
                         )
+                        if tenant == "acme":
+                            execution = attrs.evolve(execution, webhook=HOOK)
                         outcomes = [
                             await _outcome(
                                 s.create(
@@ -908,20 +1346,188 @@ async def test_every_backend_agrees_with_memory(
                         ]
                         if isinstance(outcomes[0], Execution) and outcomes[0].id not in ids:
                             ids.append(outcomes[0].id)
-                    elif step[0] in ("claim", "renew", "release"):
+                    elif step[0] in ("claim", "renew", "release", "claim_outbox"):
                         outcomes = [await _outcome(_ownership_call(s, step, ids)) for s in stores]
                     else:
                         continue
                     assert all(o == outcomes[0] for o in outcomes), (step, outcomes)
-                changes = _changes(batch, ids)
-                outcomes = [await _outcome(s.apply(changes, owner=owner)) for s in stores]
-                assert all(o == outcomes[0] for o in outcomes), (owner, changes, outcomes)
+                outbox = [step for step in batch if step[0] == "outbox"]
+                others_first = [step for step in batch if step[0] != "outbox"]
+                for part in [batch] if together else [others_first, outbox]:
+                    proposed = dict(events)
+                    changes = _changes(part, ids, proposed)
+                    outcomes = [await _outcome(s.apply(changes, owner=owner)) for s in stores]
+                    assert all(o == outcomes[0] for o in outcomes), (owner, changes, outcomes)
+                    if outcomes[0] is None:
+                        events = proposed
                 for store in others:
                     assert await store.counts() == await reference.counts()
                     assert await store.unfinished() == await reference.unfinished()
                     assert await store.holders() == await reference.holders()
+                    assert await store.outbox_counts() == await reference.outbox_counts()
                     for execution_id in ids:
                         assert await store.get(execution_id) == await reference.get(execution_id)
+                        assert await store.deliveries(execution_id) == (
+                            await reference.deliveries(execution_id)
+                        )
+        finally:
+            for store in stores:
+                await store.close()
+
+
+# --- the outbox, on random engine-like steps: every backend agrees with the reference -----------
+
+OUTBOX_ENGINES = ["A", "B", "C"]
+_which = st.integers(0, 3)  # which execution
+_event = st.integers(0, 4)  # which of the events added so far (4: one never added)
+outbox_steps = st.lists(
+    st.tuples(
+        st.one_of(
+            st.tuples(  # an execution ends, its event queued in the same apply
+                st.just("end"),
+                _which,
+                st.sampled_from([0, 0, 1]),  # which of its endings: its event id
+                st.sampled_from(["completed", "failed", "cancelled"]),
+            ),
+            st.tuples(st.just("record"), _event, st.sampled_from(["delivered", "retry", "failed"])),
+            st.tuples(
+                st.just("done"), _event, st.sampled_from(["delivered", "failed", "notified"])
+            ),
+            st.tuples(st.just("reset"), _event),
+            st.tuples(st.just("resume"), _which),  # unfinished again
+            st.tuples(
+                st.just("claim_outbox"),
+                st.integers(0, 8),  # now
+                st.integers(1, 6),  # lease length
+                st.lists(st.sampled_from(OUTBOX_ENGINES), max_size=2),  # dead owners
+            ),
+            st.tuples(st.just("claim_ids"), st.integers(0, 8), _which),
+            st.tuples(st.just("claim"), st.integers(0, 8)),
+            st.tuples(st.just("renew"), st.integers(0, 12)),
+            st.tuples(st.just("release"), st.none() | _which),
+        ),
+        # the engine taking the step; None: an apply fenced by no owner; "holder": the one that
+        # holds the execution (in the reference), so that deliveries go on
+        st.sampled_from([None, "holder", "holder", *OUTBOX_ENGINES]),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def _outbox_call(
+    store: Storage,
+    step: tuple[Any, ...],
+    engine: str | None,
+    added: list[tuple[str, str]],
+    counts: dict[str, int],
+) -> Any:
+    """The step's call on ``store``. ``engine`` is resolved already (``holder`` too);
+    ``added``: the events added so far, with their executions; ``counts``: the attempts recorded
+    so far per event, to number the next."""
+    kind = step[0]
+    owner = engine or "A"  # who claims, renews or releases when the step names no engine
+    if kind in ("record", "done", "reset"):
+        event_id, execution_id = _outbox_target(step, added)
+        changes: list[Change]
+        if kind == "record":
+            counts[event_id] = counts.get(event_id, 0) + 1
+            made = attempt(event_id, execution_id, counts[event_id], step[2])
+            changes = [DeliveryRecorded(made)]
+        elif kind == "done":
+            changes = [OutboxDone(event_id, execution_id, step[2])]
+        else:
+            changes = [OutboxReset(event_id, execution_id)]
+        return store.apply(changes, owner=engine)
+    if kind == "end":
+        _, n, generation, status = step
+        execution_id, event_id = f"exec_{n}", f"evt_{n}_{generation}"
+        ending: list[Change] = [
+            ExecutionUpdate(execution_id, status, 1.0, 2.0, generation=generation),
+            OutboxAdd(event_id, execution_id, status, {"executionId": execution_id}),
+        ]
+        return store.apply(ending, owner=engine)
+    if kind == "resume":
+        resumed = ExecutionUpdate(f"exec_{step[1]}", "pending", generation=1)
+        return store.apply([resumed], owner=engine)
+    if kind == "claim_outbox":
+        _, now, length, dead = step
+        return store.claim_outbox(
+            owner, now=float(now), lease_until=float(now + length), dead_owners=dead
+        )
+    if kind == "claim_ids":
+        _, now, n = step
+        return store.claim(owner, now=float(now), lease_until=float(now + 5), ids=[f"exec_{n}"])
+    if kind == "claim":
+        return store.claim(owner, now=float(step[1]), lease_until=float(step[1] + 5))
+    if kind == "renew":
+        return store.renew(owner, lease_until=float(step[1]))
+    return store.release(owner, None if step[1] is None else [f"exec_{step[1]}"])
+
+
+def _outbox_target(step: tuple[Any, ...], added: list[tuple[str, str]]) -> tuple[str, str]:
+    """The event (and its execution) a record, done or reset step names; an execution for the
+    others that name one, with no event."""
+    if step[0] in ("record", "done", "reset"):
+        n = step[1]
+        return added[n % len(added)] if added and n < 4 else ("evt_x", "exec_0")
+    if step[0] in ("end", "resume"):
+        return "", f"exec_{step[1]}"
+    return "", ""
+
+
+@settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=outbox_steps)
+async def test_every_backend_agrees_with_memory_on_the_outbox(
+    steps: list[tuple[tuple[Any, ...], str | None]],
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        reference = MemoryStorage()
+        others = [make(Path(directory)) for name, make in BACKENDS.items() if name != "memory"]
+        stores = [reference, *others]
+        # four executions: unheld, held by A and B for a while, held by A with no expiry; all
+        # but one with a webhook; the first two ended, with their events queued
+        holders: list[tuple[str | None, float | None]] = [
+            (None, None),
+            ("A", 4.0),
+            ("B", 4.0),
+            ("A", None),
+        ]
+        ids = [f"exec_{n}" for n in range(len(holders))]
+        for store in stores:
+            await store.open()
+            for n, (holder, lease_until) in enumerate(holders):
+                execution = make_execution(ids[n], created_at=float(n), jobs=1)
+                if n != 2:
+                    execution = attrs.evolve(execution, webhook=HOOK, tenant=f"t{n}")
+                await store.create(execution, owner=holder, lease_until=lease_until)
+            for n in (0, 1):
+                await _outbox_call(store, ("end", n, 0, "completed"), holders[n][0], [], {})
+        try:
+            added = [("evt_0_0", "exec_0"), ("evt_1_0", "exec_1")]
+            attempts: list[dict[str, int]] = [{} for _ in stores]
+            for step, chosen in steps:
+                engine = chosen
+                if chosen == "holder":
+                    engine = reference.holder(_outbox_target(step, added)[1])
+                outcomes = [
+                    await _outcome(_outbox_call(store, step, engine, added, counts))
+                    for store, counts in zip(stores, attempts, strict=True)
+                ]
+                assert all(o == outcomes[0] for o in outcomes), (step, engine, outcomes)
+                if step[0] == "end" and outcomes[0] is None:
+                    added.append((f"evt_{step[1]}_{step[2]}", f"exec_{step[1]}"))
+                for store in others:
+                    assert await store.outbox_counts() == await reference.outbox_counts()
+                    assert await store.holders() == await reference.holders()
+                    for execution_id in ids:
+                        assert await store.get(execution_id) == await reference.get(execution_id)
+                        assert await store.deliveries(execution_id) == (
+                            await reference.deliveries(execution_id)
+                        )
         finally:
             for store in stores:
                 await store.close()

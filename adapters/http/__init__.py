@@ -3,6 +3,7 @@
 
 from adapters.http.client import EngineClient, TransportError
 from adapters.http.notifier import DeliveryAttempt, DeliveryResult, HttpNotifier
+from adapters.http.provider import HttpVideoProvider, ModelRoute
 from adapters.http.ssrf import WebhookRefused
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "DeliveryResult",
     "EngineClient",
     "HttpNotifier",
+    "HttpVideoProvider",
+    "ModelRoute",
     "TransportError",
     "WebhookRefused",
 ]

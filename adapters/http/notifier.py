@@ -2,6 +2,10 @@
 
 Delivery is at least once: a receiver may see one event more than once and should drop
 duplicates by ``webhook-id``, which is the same on every attempt of one event.
+
+Each attempt is a :class:`~engine.models.DeliveryAttempt` (re-exported here). A delivery that
+another engine had begun continues where it was: ``Notification.attempts_made`` attempts are
+already in the log, so numbering and the back-off schedule go on from there.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Literal
 
 import anyio
 import httpx
@@ -28,8 +31,9 @@ from adapters.http.ssrf import (
     resolve_checked,
 )
 from engine.clock import Clock, SystemClock
-from engine.errors import ConfigError
-from engine.models import Notification, Webhook
+from engine.errors import ConfigError, EngineError
+from engine.models import DeliveryAttempt, DeliveryOutcome, Notification, Webhook
+from engine.ports import AttemptRecorder
 from engine.webhooks import encode_payload, headers_for, secret_key
 
 __all__ = ["DEFAULT_RETRY_SCHEDULE", "DeliveryAttempt", "DeliveryResult", "HttpNotifier"]
@@ -42,33 +46,11 @@ DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000
 #: A ``Retry-After`` longer than this (seconds) is capped, so one answer cannot park a delivery.
 MAX_RETRY_AFTER = 86400.0
 
-Outcome = Literal["delivered", "retry", "failed"]
-
-
-@frozen
-class DeliveryAttempt:
-    """One try at delivering one event.
-
-    ``outcome`` is ``delivered`` (a 2xx), ``retry`` (failed, another attempt follows at
-    ``retry_at``, a time on the notifier's clock) or ``failed`` (failed, and the last one).
-    ``at`` is when the attempt started (clock seconds); ``latency`` is how long it took (seconds).
-    """
-
-    event_id: str
-    execution_id: str
-    url: str
-    attempt: int
-    at: float
-    status_code: int | None
-    error: str | None
-    latency: float
-    outcome: Outcome
-    retry_at: float | None = None
-
 
 @frozen
 class DeliveryResult:
-    """How the delivery of one event ended."""
+    """How the delivery of one event ended. ``attempts`` is the number of its last attempt
+    (counting those made before ``notify`` was called, ``Notification.attempts_made``)."""
 
     event_id: str
     execution_id: str
@@ -118,6 +100,12 @@ class HttpNotifier:
       each attempt uses a short-lived client that ignores proxy environment variables.
     - Every attempt is appended to ``attempts`` and passed to ``on_attempt``; ``results`` maps
       each event id to its :class:`DeliveryResult`. The secret is never logged or recorded.
+    - ``notify(notification, record)`` also awaits ``record(attempt)`` for every attempt (the
+      engine's durable delivery log). If ``record`` raises (the engine lost its lease on the
+      execution, say), the delivery stops there: logged, no further attempt, nothing raised.
+    - A notification with ``attempts_made`` continues a delivery: its first attempt goes at
+      once and is numbered ``attempts_made + 1``; the next ones wait as the schedule says from
+      that position on. If the schedule is used up already, one last attempt is made.
     """
 
     _client: httpx.AsyncClient | None = None
@@ -137,15 +125,20 @@ class HttpNotifier:
         if not 0 <= self._jitter < 1:
             raise ConfigError("jitter must be a fraction in [0, 1)")
 
-    async def notify(self, notification: Notification) -> None:
-        """Deliver ``notification`` to its webhook; return once delivered or given up."""
+    async def notify(
+        self, notification: Notification, record: AttemptRecorder | None = None
+    ) -> None:
+        """Deliver ``notification`` to its webhook; return once delivered, given up, or stopped
+        by ``record`` raising."""
         webhook = notification.webhook
         if webhook is None:
             return
-        result = await self._deliver(notification, webhook)
+        result = await self._deliver(notification, webhook, record)
         self.results[notification.event_id] = result
 
-    async def _deliver(self, notification: Notification, webhook: Webhook) -> DeliveryResult:
+    async def _deliver(
+        self, notification: Notification, webhook: Webhook, record: AttemptRecorder | None
+    ) -> DeliveryResult:
         refusal: str | None = None
         url: httpx.URL | None = None
         body = b""
@@ -161,11 +154,14 @@ class HttpNotifier:
         shown_url = _without_credentials(webhook.url)
 
         schedule = self._retry_schedule
-        deadline = self._clock.now() + self._jittered(schedule[0])
-        number = 0
+        number = max(notification.attempts_made, 0)
+        # A continued delivery goes at once, and makes at least one attempt.
+        first_delay = self._jittered(schedule[0]) if number == 0 else 0.0
+        deadline = self._clock.now() + first_delay
+        last_number = max(len(schedule), number + 1)
         last: _Reply = _Reply()
-        outcome: Outcome = "failed"
-        while number < len(schedule):
+        outcome: DeliveryOutcome = "failed"
+        while number < last_number:
             number += 1
             await self._clock.sleep_until(deadline)
             at = self._clock.now()
@@ -183,7 +179,7 @@ class HttpNotifier:
             retry_at: float | None = None
             if delivered:
                 outcome = "delivered"
-            elif last.final or number == len(schedule):
+            elif last.final or number >= last_number:
                 outcome = "failed"
             else:
                 outcome = "retry"
@@ -204,6 +200,8 @@ class HttpNotifier:
                 retry_at=retry_at,
             )
             await self._record(attempt)
+            if record is not None and not await self._durably(record, attempt):
+                break
             if outcome != "retry":
                 break
         return DeliveryResult(
@@ -240,6 +238,24 @@ class HttpNotifier:
                 await maybe
         except Exception:  # a broken observer must not stop the delivery
             logger.exception("on_attempt callback failed for webhook %s", attempt.event_id)
+
+    @staticmethod
+    async def _durably(record: AttemptRecorder, attempt: DeliveryAttempt) -> bool:
+        """Pass ``attempt`` to the engine's ``record``; ``False`` if it raised (stop)."""
+        try:
+            await record(attempt)
+        except Exception as exc:
+            logger.warning(
+                "webhook %s for %s: recording attempt %d failed (%s); delivery stopped",
+                attempt.event_id,
+                attempt.execution_id,
+                attempt.attempt,
+                exc,
+                # An engine error (LeaseLost: another engine took over) is news, not a bug.
+                exc_info=not isinstance(exc, EngineError),
+            )
+            return False
+        return True
 
     async def _attempt(self, url: httpx.URL, body: bytes, headers: dict[str, str]) -> _Reply:
         """One POST within ``timeout`` (name resolution included); never raises httpx errors."""

@@ -6,16 +6,23 @@ import anyio
 from attrs import define, field
 
 from engine.models import Notification
+from engine.ports import AttemptRecorder
 
 
 @define
 class RecordingNotifier:
-    """Records every notification in ``deliveries``, in order; ``wait_for(n)`` waits for n."""
+    """Records every notification in ``deliveries``, in order; ``wait_for(n)`` waits for n.
+
+    It makes no delivery attempts, so it never calls ``record``: the engine marks its events
+    ``notified``.
+    """
 
     deliveries: list[Notification] = field(factory=list, init=False)
     _arrived: anyio.Event = field(factory=anyio.Event, init=False)
 
-    async def notify(self, notification: Notification) -> None:
+    async def notify(
+        self, notification: Notification, record: AttemptRecorder | None = None
+    ) -> None:
         self.deliveries.append(notification)
         self._arrived.set()
         self._arrived = anyio.Event()

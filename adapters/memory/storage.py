@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import attrs
 from attrs import define, field
 
 from engine.errors import IdempotencyConflict, LeaseLost, StorageError
-from engine.models import Change, Execution, ExecutionUpdate, JobInfo, JobUpdate
+from engine.models import (
+    Change,
+    DeliveryAttempt,
+    DeliveryRecorded,
+    Execution,
+    ExecutionStatus,
+    ExecutionUpdate,
+    JobInfo,
+    JobUpdate,
+    Notification,
+    OutboxAdd,
+    OutboxDone,
+    OutboxReset,
+    OutboxStatus,
+)
 
 _UNFINISHED = frozenset({"pending", "processing"})
+
+_OutboxChange = OutboxAdd | DeliveryRecorded | OutboxDone | OutboxReset
+
+
+@define
+class _Event:
+    """One webhook event of the outbox. ``payload`` is kept as JSON, as a durable store would,
+    so every notification built from it has a fresh copy."""
+
+    execution_id: str
+    status: ExecutionStatus
+    payload: str
+    seq: int
+    state: OutboxStatus = "pending"
 
 
 @define
@@ -34,6 +63,10 @@ class MemoryStorage:
       on a finished one blocks no claim. ``release(owner, ids)`` gives up those ids, finished
       or not.
     - ``claim`` with ``limit <= 0`` takes nothing.
+
+    The webhook outbox behaves as SQLite's does: an ``OutboxAdd`` payload must be JSON (it is
+    stored as JSON, so notifications carry a copy), an event id is added once, and the delivery
+    log is kept per execution.
     """
 
     keep_journal: bool = True
@@ -56,6 +89,13 @@ class MemoryStorage:
     _lease: dict[str, float] = field(factory=dict, init=False)
     # The unfinished executions each engine holds: what renew() and holders() read.
     _held: dict[str, set[str]] = field(factory=dict, init=False)
+    # The webhook outbox: every event by id, the pending ones, attempts logged per event, the
+    # delivery log per execution, and events per outbox status.
+    _events: dict[str, _Event] = field(factory=dict, init=False)
+    _pending_events: set[str] = field(factory=set, init=False)
+    _attempts: Counter[str] = field(factory=Counter, init=False)
+    _deliveries: dict[str, list[DeliveryAttempt]] = field(factory=dict, init=False)
+    _outbox_counts: Counter[str] = field(factory=Counter, init=False)
 
     async def open(self) -> None:
         return None
@@ -122,12 +162,16 @@ class MemoryStorage:
         return execution
 
     async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
+        payloads = [_payload(c) for c in changes if isinstance(c, OutboxAdd)]
         self._check_targets(changes, owner)
+        added = iter(payloads)
         for change in changes:
             if isinstance(change, JobUpdate):
                 self._pending[change.execution_id][change.job_id] = change
-            else:
+            elif isinstance(change, ExecutionUpdate):
                 self._apply_execution(change)
+            else:
+                self._apply_outbox(change, added)
         if self.keep_journal:
             self.journal.extend(changes)
 
@@ -136,13 +180,18 @@ class MemoryStorage:
         with ``owner``, an execution ``owner`` does not hold.
 
         An unknown execution is reported first, then executions not held, then unknown jobs
-        (the order in which the SQLite store finds them).
+        and webhook events, and added event ids that are taken (the order in which the SQLite
+        store finds them). Outbox changes are checked in order: an event added earlier in the
+        same call exists for the changes after it.
         """
         missing: list[str] = []
+        taken: list[str] = []
         unknown_execution = False
         lost: list[str] = []
         job_ids_of = self._job_ids
         holder = self._holder
+        events = self._events
+        added: dict[str, str] = {}  # events added by this call: their executions
         checked = None  # the last execution checked: consecutive changes often share one
         for change in changes:
             execution_id = change.execution_id
@@ -151,8 +200,20 @@ class MemoryStorage:
                 missing.append(f"execution {execution_id!r}")
                 unknown_execution = True
                 continue
-            if isinstance(change, JobUpdate) and change.job_id not in job_ids:
-                missing.append(f"job {change.job_id!r} of execution {execution_id!r}")
+            if isinstance(change, JobUpdate):
+                if change.job_id not in job_ids:
+                    missing.append(f"job {change.job_id!r} of execution {execution_id!r}")
+            elif isinstance(change, OutboxAdd):
+                if change.event_id in events or change.event_id in added:
+                    taken.append(repr(change.event_id))
+                else:
+                    added[change.event_id] = execution_id
+            elif not isinstance(change, ExecutionUpdate):
+                event_id = _event_id(change)
+                known = events.get(event_id)
+                of = known.execution_id if known is not None else added.get(event_id)
+                if of != execution_id:
+                    missing.append(f"webhook event {event_id!r} of execution {execution_id!r}")
             if owner is not None and execution_id != checked:
                 checked = execution_id
                 if holder.get(execution_id) != owner:
@@ -163,6 +224,11 @@ class MemoryStorage:
             raise StorageError(
                 f"cannot apply changes: no such {', '.join(dict.fromkeys(missing))}; "
                 "nothing was applied"
+            )
+        if taken:
+            raise StorageError(
+                f"cannot apply changes: webhook event {', '.join(dict.fromkeys(taken))} already "
+                "exists (an event is added once; OutboxReset sends it again); nothing was applied"
             )
 
     def _apply_execution(self, change: ExecutionUpdate) -> None:
@@ -182,6 +248,31 @@ class MemoryStorage:
             error=change.error,
             generation=change.generation,
         )
+
+    def _apply_outbox(self, change: _OutboxChange, payloads: Iterator[str]) -> None:
+        if isinstance(change, OutboxAdd):
+            event = _Event(change.execution_id, change.status, next(payloads), len(self._events))
+            self._events[change.event_id] = event
+            self._pending_events.add(change.event_id)
+            self._outbox_counts["pending"] += 1
+        elif isinstance(change, DeliveryRecorded):
+            attempt = change.attempt
+            self._attempts[attempt.event_id] += 1
+            self._deliveries.setdefault(attempt.execution_id, []).append(attempt)
+        elif isinstance(change, OutboxDone):
+            self._set_state(change.event_id, change.status)
+        else:
+            self._set_state(change.event_id, "pending")
+
+    def _set_state(self, event_id: str, state: OutboxStatus) -> None:
+        event = self._events[event_id]
+        self._outbox_counts[event.state] -= 1
+        self._outbox_counts[state] += 1
+        event.state = state
+        if state == "pending":
+            self._pending_events.add(event_id)
+        else:
+            self._pending_events.discard(event_id)
 
     def _reopen(self, execution_id: str, unfinished: bool) -> None:
         """An execution became unfinished again (``unfinished``), or finished."""
@@ -230,10 +321,14 @@ class MemoryStorage:
         return [self._snapshot(execution_id) for execution_id in chosen]
 
     async def renew(self, owner: str, *, lease_until: float) -> set[str]:
+        lease, holder, events = self._lease, self._holder, self._events
+        for event_id in self._pending_events:  # finished executions with events to deliver
+            execution_id = events[event_id].execution_id
+            if holder.get(execution_id) == owner:
+                lease[execution_id] = lease_until
         held = self._held.get(owner)
         if not held:
             return set()
-        lease = self._lease
         for execution_id in held:
             lease[execution_id] = lease_until
         return set(held)
@@ -251,6 +346,47 @@ class MemoryStorage:
     async def holders(self) -> dict[str, float]:
         lease = self._lease
         return {owner: max(lease[i] for i in held) for owner, held in self._held.items()}
+
+    async def claim_outbox(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        dead_owners: Collection[str] = (),
+    ) -> list[Notification]:
+        takeable = set(dead_owners)
+        holder, lease, events = self._holder, self._lease, self._events
+        taken: dict[str, bool] = {}  # each execution once: claimable or not
+        chosen: list[tuple[str, _Event]] = []
+        for event_id in sorted(self._pending_events, key=lambda e: events[e].seq):
+            event = events[event_id]
+            execution_id = event.execution_id
+            if execution_id not in taken:
+                held_by = holder.get(execution_id)
+                taken[execution_id] = (
+                    held_by is None or held_by in takeable or lease[execution_id] < now
+                )
+            if taken[execution_id]:
+                chosen.append((event_id, event))
+        for execution_id, claimable in taken.items():
+            if claimable:
+                self._hold(execution_id, owner, lease_until, execution_id in self._open)
+        notifications = []
+        for event_id, event in chosen:
+            execution = self._executions[event.execution_id]
+            notifications.append(
+                Notification(
+                    event_id=event_id,
+                    execution_id=event.execution_id,
+                    status=event.status,
+                    payload=json.loads(event.payload),
+                    webhook=execution.webhook,
+                    tenant=execution.tenant,
+                    attempts_made=self._attempts[event_id],
+                )
+            )
+        return notifications
 
     def _hold(self, execution_id: str, owner: str, lease_until: float, unfinished: bool) -> None:
         previous = self._holder.get(execution_id)
@@ -276,6 +412,16 @@ class MemoryStorage:
     async def counts(self) -> dict[str, int]:
         return {status: n for status, n in self._counts.items() if n}
 
+    async def deliveries(self, execution_id: str) -> list[DeliveryAttempt]:
+        return list(self._deliveries.get(execution_id, ()))
+
+    async def outbox_counts(self) -> dict[str, int]:
+        return {status: n for status, n in self._outbox_counts.items() if n}
+
+    def holder(self, execution_id: str) -> str | None:
+        """Which engine holds the execution now (finished or not), or ``None``; for tests."""
+        return self._holder.get(execution_id)
+
     def reset(self) -> None:
         self.journal.clear()
         self._executions.clear()
@@ -288,6 +434,25 @@ class MemoryStorage:
         self._holder.clear()
         self._lease.clear()
         self._held.clear()
+        self._events.clear()
+        self._pending_events.clear()
+        self._attempts.clear()
+        self._deliveries.clear()
+        self._outbox_counts.clear()
+
+
+def _event_id(change: _OutboxChange) -> str:
+    return change.attempt.event_id if isinstance(change, DeliveryRecorded) else change.event_id
+
+
+def _payload(change: OutboxAdd) -> str:
+    """The event's payload as compact JSON, as SQLite stores it (and refuses what it refuses)."""
+    try:
+        return json.dumps(dict(change.payload), separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(
+            f"cannot store the payload of webhook event {change.event_id!r}: it is not JSON ({exc})"
+        ) from exc
 
 
 def _job_with(job: JobInfo, change: JobUpdate) -> JobInfo:

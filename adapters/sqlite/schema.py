@@ -34,6 +34,21 @@ Version 2 adds execution ownership (leases and fencing, see :class:`~engine.port
 - ``executions_held``: ``(owner, lease_until)`` over unfinished executions only, so that
   ``renew(owner)``, ``release(owner)`` and ``holders()`` read the held rows, not the history.
   ``claim`` scans the unfinished executions in ``seq`` order through ``executions_unfinished``.
+
+Version 3 adds the durable webhook outbox:
+
+- ``outbox``: one row per webhook event, written in the transaction that ends its execution.
+  ``seq`` orders the events ("oldest first", stable under ``VACUUM``); ``event_id`` is unique.
+  ``execution_status`` is the status the event announces, ``status`` the event's own:
+  ``pending`` until a notifier is done with it, then ``delivered``, ``failed`` or ``notified``.
+  ``payload`` is the webhook body as compact JSON. ``created_at`` and ``done_at`` are wall-clock
+  Unix times, for people reading the file (the port never returns them).
+- ``outbox_pending``: the pending events in ``seq`` order, what ``claim_outbox`` and ``renew``
+  read, so the delivered history is never scanned.
+- ``outbox_counts``: events per status, kept by triggers like ``execution_counts``.
+- ``delivery_attempts``: the delivery log, one row per attempt, in ``seq`` order; an event's
+  attempt count is its number of rows. ``delivery_attempts_by_execution`` reads one
+  execution's log in order.
 """
 
 from __future__ import annotations
@@ -129,8 +144,68 @@ _V2 = (
     """,
 )
 
+_V3 = (
+    """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        execution_id TEXT NOT NULL REFERENCES executions (id),
+        execution_status TEXT NOT NULL,
+        status TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        done_at REAL
+    )
+    """,
+    "CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending'",
+    """
+    CREATE TABLE outbox_counts (
+        status TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TRIGGER outbox_counts_insert AFTER INSERT ON outbox
+    BEGIN
+        INSERT OR IGNORE INTO outbox_counts (status, n) VALUES (NEW.status, 0);
+        UPDATE outbox_counts SET n = n + 1 WHERE status = NEW.status;
+    END
+    """,
+    """
+    CREATE TRIGGER outbox_counts_update AFTER UPDATE OF status ON outbox
+    WHEN OLD.status IS NOT NEW.status
+    BEGIN
+        UPDATE outbox_counts SET n = n - 1 WHERE status = OLD.status;
+        INSERT OR IGNORE INTO outbox_counts (status, n) VALUES (NEW.status, 0);
+        UPDATE outbox_counts SET n = n + 1 WHERE status = NEW.status;
+    END
+    """,
+    """
+    CREATE TRIGGER outbox_counts_delete AFTER DELETE ON outbox
+    BEGIN
+        UPDATE outbox_counts SET n = n - 1 WHERE status = OLD.status;
+    END
+    """,
+    """
+    CREATE TABLE delivery_attempts (
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL REFERENCES outbox (event_id),
+        execution_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        at REAL NOT NULL,
+        status_code INTEGER,
+        error TEXT,
+        latency REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        retry_at REAL,
+        url TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX delivery_attempts_by_execution ON delivery_attempts (execution_id)",
+)
+
 #: ``MIGRATIONS[i]`` takes a file from schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 
 #: The schema version this code writes: the number of migrations.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -18,6 +18,12 @@ of its statements run, against the ``owner`` column as the writes queued before 
 group left it. A call whose executions are not all held by its owner is skipped and fails with
 :class:`~engine.errors.LeaseLost`; the rest of its group commits. Consecutive applies in a
 group (nothing between them can change a holder) are checked with one query.
+
+The webhook outbox (schema version 3) is written by ``apply`` like the rest, in change order:
+``OutboxAdd`` rows, ``DeliveryRecorded`` attempts, ``OutboxDone`` and ``OutboxReset`` are fenced
+with the other changes of their call and committed with them. ``claim_outbox`` reads and takes
+in one write transaction, like ``claim``; ``renew`` extends the leases of terminal executions
+with pending events in the same transaction as the others.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import json
 import math
 import os
 import sqlite3
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -41,11 +48,17 @@ from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from engine.errors import ConfigError, IdempotencyConflict, LeaseLost, StorageError
 from engine.models import (
     Change,
+    DeliveryAttempt,
+    DeliveryRecorded,
     ErrorInfo,
     Execution,
     ExecutionUpdate,
     JobInfo,
     JobUpdate,
+    Notification,
+    OutboxAdd,
+    OutboxDone,
+    OutboxReset,
     Video,
     Webhook,
 )
@@ -123,6 +136,48 @@ _RELEASE_ALL = """
 """
 _RELEASE_ONE = "UPDATE executions SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?"
 _SELECT_COUNTS = "SELECT status, n FROM execution_counts WHERE n != 0"
+
+# --- the webhook outbox (schema version 3) ---
+# Every outbox statement ends with the event id and the execution id, in that order.
+_INSERT_EVENT = """
+    INSERT INTO outbox (execution_status, payload, created_at, status, event_id, execution_id)
+    SELECT ?, ?, ?, 'pending', ?, id FROM executions WHERE id = ?
+"""
+_INSERT_ATTEMPT = """
+    INSERT INTO delivery_attempts (
+        url, attempt, at, status_code, error, latency, outcome, retry_at, event_id, execution_id
+    )
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, event_id, execution_id FROM outbox
+    WHERE event_id = ? AND execution_id = ?
+"""
+_EVENT_DONE = "UPDATE outbox SET status = ?, done_at = ? WHERE event_id = ? AND execution_id = ?"
+_EVENT_RESET = """
+    UPDATE outbox SET status = 'pending', done_at = NULL WHERE event_id = ? AND execution_id = ?
+"""
+_SELECT_EVENT_IDS = "SELECT event_id FROM outbox WHERE event_id IN ({marks})"
+_SELECT_CLAIMABLE_EVENTS = """
+    SELECT o.event_id, o.execution_id, o.execution_status, o.payload, e.webhook_url,
+        e.webhook_secret, e.tenant,
+        (SELECT count(*) FROM delivery_attempts AS d
+         WHERE d.execution_id = o.execution_id AND d.event_id = o.event_id)
+    FROM outbox AS o JOIN executions AS e ON e.id = o.execution_id
+    WHERE o.status = 'pending'
+        AND (e.owner IS NULL OR e.lease_until < ? OR e.owner IN ({marks}))
+    ORDER BY o.seq
+"""
+_TAKE_BY_ID = "UPDATE executions SET owner = ?, lease_until = ? WHERE id = ?"
+# Finished executions only: _RENEW has extended the unfinished ones.
+_RENEW_OUTBOX = """
+    UPDATE executions SET lease_until = ?
+    WHERE id IN (SELECT execution_id FROM outbox WHERE status = 'pending')
+        AND owner = ? AND status NOT IN ('pending', 'processing')
+"""
+_SELECT_DELIVERIES = """
+    SELECT event_id, execution_id, url, attempt, at, status_code, error, latency, outcome,
+        retry_at
+    FROM delivery_attempts WHERE execution_id = ? ORDER BY seq
+"""
+_SELECT_OUTBOX_COUNTS = "SELECT status, n FROM outbox_counts WHERE n != 0"
 # Its terms match the expressions of the index executions_by_idempotency_key, so it uses it.
 _FIND_KEY = """
     SELECT id, fingerprint FROM executions
@@ -192,6 +247,9 @@ class _NewExecution:
     job_rows: list[_Row]
 
 
+#: One outbox change of an apply: its statement (one of the ``_EVENT``/``_ATTEMPT`` ones) and row.
+_OutboxRow = tuple[str, _Row]
+
 #: A write other than create and apply: run inside the group's transaction, returns the outcome.
 _Operation = Callable[[aiosqlite.Connection], Awaitable[object]]
 
@@ -204,6 +262,8 @@ class _Write:
     new: _NewExecution | None = None
     job_rows: list[_Row] = field(factory=list)
     execution_rows: list[_Row] = field(factory=list)
+    #: The apply's outbox changes, in order: ``(statement, row)``.
+    outbox_rows: list[_OutboxRow] = field(factory=list)
     owner: str | None = None
     #: The executions an apply names, each once (only with ``owner``).
     execution_ids: tuple[str, ...] = ()
@@ -231,7 +291,8 @@ class _WholeGroup(Exception):
 
 
 class _UnknownTargets(Exception):
-    """An ``apply`` names an execution or job that is not stored."""
+    """An ``apply`` names an execution, job or webhook event that is not stored, or adds an
+    event whose id is taken."""
 
 
 def _to_path(value: str | os.PathLike[str]) -> Path:
@@ -464,6 +525,13 @@ class SqliteStorage:
         rows = await self._read(_SELECT_HOLDERS, ())
         return {str(owner): math.inf if lease is None else float(lease) for owner, lease in rows}
 
+    async def deliveries(self, execution_id: str) -> list[DeliveryAttempt]:
+        rows = await self._read(_SELECT_DELIVERIES, (execution_id,))
+        return [_attempt(tuple(row)) for row in rows]
+
+    async def outbox_counts(self) -> dict[str, int]:
+        return {str(status): int(n) for status, n in await self._read(_SELECT_OUTBOX_COUNTS, ())}
+
     async def _read(self, sql: str, parameters: _Row) -> list[sqlite3.Row]:
         reader = self._reader
         if reader is None:
@@ -500,11 +568,14 @@ class SqliteStorage:
         if not changes:
             return
         write = _Write(owner=owner)
+        now = time.time()  # created_at and done_at of outbox rows: for people reading the file
         for change in changes:
             if isinstance(change, JobUpdate):
                 write.job_rows.append(_job_update_row(change))
-            else:
+            elif isinstance(change, ExecutionUpdate):
                 write.execution_rows.append(_execution_update_row(change))
+            else:
+                write.outbox_rows.append(_outbox_row(change, now))
         if owner is not None:
             write.execution_ids = tuple(dict.fromkeys(c.execution_id for c in changes))
         await self._submit(write)
@@ -539,14 +610,38 @@ class SqliteStorage:
         return await anyio.to_thread.run_sync(_assemble, rows)
 
     async def renew(self, owner: str, *, lease_until: float) -> set[str]:
-        """Extend ``owner``'s leases on unfinished executions with one ``UPDATE``; return them."""
+        """Extend ``owner``'s leases on unfinished executions, and on finished ones with pending
+        webhook events, in one transaction; return the unfinished ones."""
 
         async def operation(conn: aiosqlite.Connection) -> set[str]:
             await conn.execute(_RENEW, (lease_until, owner))
+            await conn.execute(_RENEW_OUTBOX, (lease_until, owner))
             return {str(row[0]) for row in await conn.execute_fetchall(_SELECT_HELD, (owner,))}
 
         write = await self._submit(_Write(operation=operation))
         return cast(set[str], write.outcome)
+
+    async def claim_outbox(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        dead_owners: Collection[str] = (),
+    ) -> list[Notification]:
+        """Take the pending webhook events of claimable executions (see the port) in one write
+        transaction, so two claimers never take the same event."""
+        takeable = list(dict.fromkeys(dead_owners))
+
+        async def operation(conn: aiosqlite.Connection) -> list[_Row]:
+            sql = _SELECT_CLAIMABLE_EVENTS.format(marks=_marks(len(takeable)))
+            rows = [tuple(row) for row in await conn.execute_fetchall(sql, (now, *takeable))]
+            taken = dict.fromkeys(row[1] for row in rows)
+            await conn.executemany(_TAKE_BY_ID, [(owner, lease_until, i) for i in taken])
+            return rows
+
+        write = await self._submit(_Write(operation=operation))
+        return [_notification(row) for row in cast(list[_Row], write.outcome)]
 
     async def release(self, owner: str, ids: Collection[str] | None = None) -> None:
         """Give up ``owner``'s holds so others can claim at once.
@@ -685,11 +780,12 @@ class SqliteStorage:
                         if lost is None:
                             pending.job_updates += apply.job_rows
                             pending.execution_updates += apply.execution_rows
+                            pending.outbox += apply.outbox_rows
                         outcomes.append(lost)
                     position = end
                     continue
                 if new is not None and new.execution.idempotency_key is None:
-                    if pending.job_updates or pending.execution_updates:
+                    if pending.job_updates or pending.execution_updates or pending.outbox:
                         await pending.flush(conn)
                     pending.inserts.append(new.row)
                     pending.job_inserts += new.job_rows
@@ -779,13 +875,18 @@ class _Pending:
     job_inserts: list[_Row] = field(factory=list)
     job_updates: list[_Row] = field(factory=list)
     execution_updates: list[_Row] = field(factory=list)
+    #: Outbox changes, in the order of the changes (they depend on each other: an event is
+    #: added before its attempts are logged).
+    outbox: list[_OutboxRow] = field(factory=list)
 
     async def flush(self, conn: aiosqlite.Connection) -> None:
         if self.inserts:
             await conn.executemany(_INSERT_EXECUTION, self.inserts)
             await conn.executemany(_INSERT_JOB, self.job_inserts)
         await _update(conn, self.job_updates, self.execution_updates)
+        await _write_outbox(conn, self.outbox)
         self.inserts, self.job_inserts, self.job_updates, self.execution_updates = [], [], [], []
+        self.outbox = []
 
 
 def _marks(n: int) -> str:
@@ -869,6 +970,59 @@ async def _update(
         cursor = await conn.executemany(_UPDATE_EXECUTION, execution_rows)
         if cursor.rowcount != len(execution_rows):
             raise await _unknown_targets(conn, job_rows, execution_rows)
+
+
+async def _write_outbox(conn: aiosqlite.Connection, changes: list[_OutboxRow]) -> None:
+    """Write outbox changes in order, with one ``executemany`` per run of one statement; every
+    targeted row must exist (and every added event id be new), so a bad ``apply`` writes
+    nothing."""
+    start = 0
+    while start < len(changes):
+        sql = changes[start][0]
+        end = start + 1
+        while end < len(changes) and changes[end][0] is sql:
+            end += 1
+        rows = [row for _, row in changes[start:end]]
+        if sql is _INSERT_EVENT:
+            await _check_new_event_ids(conn, [row[-2] for row in rows])
+        cursor = await conn.executemany(sql, rows)
+        if cursor.rowcount != len(rows):
+            raise await _unknown_events(conn, sql, rows)
+        start = end
+
+
+async def _check_new_event_ids(conn: aiosqlite.Connection, event_ids: list[str]) -> None:
+    taken = [i for i, n in Counter(event_ids).items() if n > 1]
+    for chunk in _chunks(list(dict.fromkeys(event_ids))):
+        sql = _SELECT_EVENT_IDS.format(marks=_marks(len(chunk)))
+        taken += [str(row[0]) for row in await conn.execute_fetchall(sql, chunk)]
+    if taken:
+        shown = ", ".join(repr(i) for i in dict.fromkeys(taken))
+        raise _UnknownTargets(
+            f"webhook event {shown} already exists (an event is added once; OutboxReset sends "
+            "it again); nothing was applied"
+        )
+
+
+async def _unknown_events(
+    conn: aiosqlite.Connection, sql: str, rows: list[_Row]
+) -> _UnknownTargets:
+    missing: list[str] = []
+    for row in rows:
+        event_id, execution_id = row[-2], row[-1]
+        parameters: tuple[str, ...]
+        if sql is _INSERT_EVENT:
+            query, parameters = "SELECT 1 FROM executions WHERE id = ?", (execution_id,)
+            what = f"execution {execution_id!r}"
+        else:
+            query = "SELECT 1 FROM outbox WHERE event_id = ? AND execution_id = ?"
+            parameters = (event_id, execution_id)
+            what = f"webhook event {event_id!r} of execution {execution_id!r}"
+        if not list(await conn.execute_fetchall(query, parameters)):
+            missing.append(what)
+    unique = list(dict.fromkeys(missing))
+    shown = ", ".join(unique[:5]) + (f" and {len(unique) - 5} more" if len(unique) > 5 else "")
+    return _UnknownTargets(f"no such {shown}; nothing was applied")
 
 
 async def _unknown_targets(
@@ -975,6 +1129,50 @@ def _execution_update_row(change: ExecutionUpdate) -> _Row:
         _error_json(change.error),
         change.generation,
         change.execution_id,
+    )
+
+
+def _outbox_row(
+    change: OutboxAdd | DeliveryRecorded | OutboxDone | OutboxReset, now: float
+) -> _OutboxRow:
+    if isinstance(change, OutboxAdd):
+        payload = _dumps(dict(change.payload), f"the payload of webhook event {change.event_id!r}")
+        return _INSERT_EVENT, (change.status, payload, now, change.event_id, change.execution_id)
+    if isinstance(change, DeliveryRecorded):
+        a = change.attempt
+        row = (a.url, a.attempt, a.at, a.status_code, a.error, a.latency, a.outcome, a.retry_at)
+        return _INSERT_ATTEMPT, (*row, a.event_id, a.execution_id)
+    if isinstance(change, OutboxDone):
+        return _EVENT_DONE, (change.status, now, change.event_id, change.execution_id)
+    return _EVENT_RESET, (change.event_id, change.execution_id)
+
+
+def _attempt(row: _Row) -> DeliveryAttempt:
+    event_id, execution_id, url, attempt, at, status_code, error, latency, outcome, retry_at = row
+    return DeliveryAttempt(
+        event_id=event_id,
+        execution_id=execution_id,
+        url=url,
+        attempt=attempt,
+        at=at,
+        status_code=status_code,
+        error=error,
+        latency=latency,
+        outcome=outcome,
+        retry_at=retry_at,
+    )
+
+
+def _notification(row: _Row) -> Notification:
+    event_id, execution_id, status, payload, url, secret, tenant, attempts = row
+    return Notification(
+        event_id=event_id,
+        execution_id=execution_id,
+        status=status,
+        payload=json.loads(payload),
+        webhook=None if url is None else Webhook(url, secret),
+        tenant=tenant,
+        attempts_made=attempts,
     )
 
 
