@@ -96,7 +96,7 @@ def huey_consume(path: Path, tasks: int) -> float | None:
         return None
     huey = SqliteHuey(filename=str(path), fsync=True)
 
-    @huey.task()
+    @huey.task()  # type: ignore[untyped-decorator]
     def noop() -> None:
         return None
 
@@ -116,6 +116,11 @@ def huey_consume(path: Path, tasks: int) -> float | None:
     return elapsed / tasks
 
 
+def file_bytes(path: Path) -> int:
+    """The store's size on disk: the database file and its WAL."""
+    return sum(os.path.getsize(f"{path}{s}") for s in ("", "-wal") if os.path.exists(f"{path}{s}"))
+
+
 async def status_latency(path: Path, jobs: int, samples: int = 2000) -> tuple[float, float, int]:
     """status() p50/p99 (seconds) with ``jobs`` jobs in the file; also bytes per job."""
     storage = SqliteStorage(path, synchronous="NORMAL")
@@ -133,7 +138,7 @@ async def status_latency(path: Path, jobs: int, samples: int = 2000) -> tuple[fl
         async with anyio.create_task_group() as group:
             for _ in range(64):
                 group.start_soon(create_many, executions // 64)
-    size = sum(os.path.getsize(f"{path}{s}") for s in ("", "-wal") if os.path.exists(f"{path}{s}"))
+    size = await anyio.to_thread.run_sync(file_bytes, path)
     per_job = size // (len(ids) * len(FIVE_JOBS.jobs))
     latencies: list[float] = []
     async with SqliteStorage(path) as reader:

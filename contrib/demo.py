@@ -198,6 +198,7 @@ async def main(out: Path, fake: bool) -> None:
                     await anyio.to_thread.run_sync(receiver.arrived.wait, 1.0)
                     receiver.arrived.clear()
             metrics = await engine.metrics()
+            records = {name: await engine.get(handle.id) for name, handle in handles.items()}
         elapsed = time.monotonic() - started
 
     print("\nVideos")
@@ -213,10 +214,16 @@ async def main(out: Path, fake: bool) -> None:
         else:
             line += f"  {video.url}"
         print(line)
-    print(
-        f"\nJobs run: {metrics.attempts} ({metrics.jobs_completed} completed, "
-        f"{metrics.retries} retries); the base's 4 jobs ran once, its variants ran 2 each"
-    )
+    print(f"\nJobs run: {metrics.attempts} attempts, {metrics.jobs_completed} completed")
+    for name, record in records.items():
+        attempts = [job.attempts for job in record.jobs]
+        once = "each ran once" if set(attempts) == {1} else f"attempts {attempts}"
+        line = f"  {name:<8} {len(record.jobs)} jobs, {once}"
+        if record.base_execution_id is not None:
+            first_start = min(job.started_at or 0.0 for job in record.jobs)
+            base_done = records["base"].completed_at or 0.0
+            line += f"; started {first_start - base_done:+.2f}s after the base completed"
+        print(line)
     print("Webhooks received")
     for item in receiver.received:
         checks = ", ".join(f"{k} signature {v}" for k, v in item["checks"].items())

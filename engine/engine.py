@@ -662,6 +662,8 @@ class Engine:
             return
         request, step = started
         await self._commit(step)
+        if not self.scheduler.holds(ref, request.attempt):
+            return  # the execution ended (cancelled, failed) while the start was being written
         outcome: Exception | None = None
         with anyio.CancelScope() as scope:
             self._running[ref] = scope
@@ -736,7 +738,9 @@ class Engine:
 
         try:
             await self.notifier.notify(notification, record if durable else None)
-            if durable:
+            if durable and (not last or last[0].outcome != "retry"):
+                # A delivery cut short (its last attempt wanted a retry) stays pending, to be
+                # sent again; otherwise it is done: delivered, given up, or taken by a notifier.
                 status: OutboxStatus = "notified"
                 if last:
                     status = "delivered" if last[0].outcome == "delivered" else "failed"

@@ -82,7 +82,7 @@ class Storage(Protocol):
     async def get(self, execution_id: str) -> Execution | None: ...
 
     async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
-        """Apply every change, all or nothing.
+        """Apply every change, all or nothing, in the order the calls were made.
 
         With ``owner``, every execution the changes name must be held by ``owner``; otherwise
         nothing of this call is applied and :class:`~engine.errors.LeaseLost` names the
@@ -123,7 +123,12 @@ class Storage(Protocol):
         ...
 
     async def holders(self) -> dict[str, float]:
-        """Each engine holding unfinished executions, with the latest of its leases."""
+        """Each engine holding unfinished executions or terminal ones with pending webhook
+        events, with the latest of its leases on those.
+
+        An engine that died holding only undelivered events is reported too, so that an engine
+        restarted in its place can see it gone and take its outbox at once.
+        """
         ...
 
     async def claim_outbox(
@@ -134,13 +139,17 @@ class Storage(Protocol):
         lease_until: float,
         dead_owners: Collection[str] = (),
     ) -> list[Notification]:
-        """Take the pending webhook events of executions no live engine holds; oldest first.
+        """Take the pending webhook events of terminal executions no live engine holds; oldest
+        first.
 
         An event is pending from the ``OutboxAdd`` that queued it (or an ``OutboxReset``) until
-        an ``OutboxDone``. Its execution must be claimable by ``claim``'s rules (unheld, lease
-        expired, holder dead) and becomes held by ``owner``; ``renew`` also extends the leases
-        of terminal executions that still have pending events. Each returned notification has
-        its execution's webhook and tenant, and ``attempts_made`` from the delivery log.
+        an ``OutboxDone``. Its execution must be terminal (``completed``, ``failed`` or
+        ``cancelled``) and claimable by ``claim``'s rules (unheld, lease expired, holder dead),
+        and becomes held by ``owner``; ``renew`` also extends the leases of terminal executions
+        that still have pending events. A pending event of an unfinished execution (resumed
+        while an earlier event was pending) is left alone: ``claim`` takes that execution over.
+        Each returned notification has its execution's webhook and tenant, and
+        ``attempts_made`` from the delivery log.
         """
         ...
 

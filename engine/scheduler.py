@@ -233,6 +233,14 @@ class Scheduler:
     def is_live(self, execution_id: str) -> bool:
         return execution_id in self._executions
 
+    def holds(self, ref: JobRef, attempt: int) -> bool:
+        """Whether ``attempt`` of the job is the one running now."""
+        live = self._executions.get(ref[0])
+        if live is None:
+            return False
+        job = live.jobs[live.shape.index[ref[1]]]
+        return job.status == "processing" and job.attempts == attempt
+
     def progress(self, execution_id: str) -> Progress | None:
         live = self._executions.get(execution_id)
         return None if live is None else live.progress()
@@ -615,7 +623,11 @@ class Scheduler:
         dependents = nx.descendants(self.graph, execution_id)
         if not dependents:
             return []
-        order: list[str] = list(nx.topological_sort(self.graph.subgraph(dependents)))
+        position = {execution_id: i for i, execution_id in enumerate(self._executions)}
+        subgraph = self.graph.subgraph(dependents)
+        order: list[str] = list(
+            nx.lexicographical_topological_sort(subgraph, key=lambda n: position.get(n, -1))
+        )
         return order
 
 

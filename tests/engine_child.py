@@ -17,11 +17,13 @@ import sys
 
 import anyio
 
+from adapters.http import HttpNotifier
 from adapters.memory import RecordingNotifier
 from engine import (
     Engine,
     ExecutionPlan,
     JobRequest,
+    Notifier,
     Video,
     compose,
     generate_video,
@@ -39,9 +41,7 @@ BASE = compose(
 ).plan()
 #: A variant's own jobs; the base is given at submit.
 VARIANT = ExecutionPlan(
-    compose(lip_sync(audio_url="https://cdn.example.com/fr.mp3"))
-    .plan(base_execution_id="any")
-    .jobs
+    compose(lip_sync(audio_url="https://cdn.example.com/fr.mp3")).plan(base_execution_id="any").jobs
 )
 
 
@@ -63,15 +63,26 @@ class LoggingProvider:
 async def main(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     provider = LoggingProvider(args.log, rng)
+    notifier: Notifier = RecordingNotifier()
+    if args.webhook:
+        notifier = HttpNotifier(allowed_networks=("127.0.0.0/8",))
     engine = Engine.sqlite(
         args.db,
         provider=provider,
-        notifier=RecordingNotifier(),
+        notifier=notifier,
         concurrency=4,
         lease=args.lease,
         sweep_interval=args.lease / 4,
     )
     async with engine:
+        if args.webhook:
+            hook = {"url": args.webhook, "secret": "whsec_c2VjcmV0LWZvci10ZXN0cw=="}
+            execution_id = await engine.submit(BASE, webhook=hook)
+            print(f"ACK {execution_id}", flush=True)
+            async for progress in engine.watch(execution_id):
+                if progress.status == "completed":
+                    print("ENDED", flush=True)
+            await anyio.sleep_forever()
         bases: list[str] = []
         for _ in range(args.submit):
             if bases and rng.random() < 0.4:
@@ -97,6 +108,7 @@ def cli() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lease", type=float, default=2.0)
     parser.add_argument("--until-idle", action="store_true")
+    parser.add_argument("--webhook", help="submit one execution with this webhook, then wait")
     anyio.run(main, parser.parse_args())
     sys.stdout.flush()
 

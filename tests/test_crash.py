@@ -26,9 +26,9 @@ CHILD = Path(__file__).with_name("engine_child.py")
 TRIALS = int(os.environ.get("CRASH_TRIALS", "30" if os.environ.get("CI") else "6"))
 
 
-def start_child(db: Path, log: Path, *, submit: int, seed: int, until_idle: bool = False) -> (
-    subprocess.Popen[str]
-):
+def start_child(
+    db: Path, log: Path, *, submit: int, seed: int, until_idle: bool = False
+) -> subprocess.Popen[str]:
     command = [sys.executable, str(CHILD), "--db", str(db), "--log", str(log)]
     command += ["--submit", str(submit), "--seed", str(seed)]
     if until_idle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -10,7 +11,7 @@ import anyio.lowlevel
 import pytest
 from anyio.lowlevel import checkpoint
 
-from adapters.memory import FakeVideoProvider, RecordingNotifier
+from adapters.memory import FakeVideoProvider, MemoryQueue, MemoryStorage, RecordingNotifier
 from engine import (
     Engine,
     ExecutionFailed,
@@ -30,7 +31,7 @@ from engine import (
     merge,
     reframe,
 )
-from engine.models import JobRequest, JobUpdate
+from engine.models import Change, JobRequest, JobUpdate
 
 pytestmark = pytest.mark.anyio
 
@@ -408,3 +409,35 @@ async def test_provider_error_retryable_exhausts_attempts() -> None:
             await execution.wait(timeout=5)
     assert "after 2 attempts" in str(failed.value)
     assert isinstance(ProviderError("x"), Exception)
+
+
+class SlowStartStorage(MemoryStorage):
+    """Its write of a job's start is done, but the caller resumes later (as with a threaded
+    store), opening a window for a cancel between the write and the provider call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing_start = anyio.Event()
+        self.unblock = anyio.Event()
+
+    async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
+        await super().apply(changes, owner=owner)
+        if any(isinstance(c, JobUpdate) and c.status == "processing" for c in changes):
+            self.writing_start.set()
+            await self.unblock.wait()
+
+
+async def test_cancel_while_a_job_start_is_written_stops_the_job() -> None:
+    storage, provider = SlowStartStorage(), FakeVideoProvider()
+    engine = Engine(
+        storage=storage, queue=MemoryQueue(), provider=provider, notifier=RecordingNotifier()
+    )
+    async with engine:
+        execution_id = await engine.submit(compose(generate_video(prompt="x")).plan())
+        with anyio.fail_after(5):
+            await storage.writing_start.wait()
+        await engine.cancel(execution_id)
+        storage.unblock.set()
+        await anyio.wait_all_tasks_blocked()
+        assert (await engine.get(execution_id)).status == "cancelled"
+    assert provider.calls == []

@@ -8,7 +8,8 @@
 - ``test_variants_of_one_base_run_concurrently``: invariant 5, one test per worker count, with a
   barrier that opens only once every variant's root job has started.
 - ``TestSchedulerMachine``: a ``RuleBasedStateMachine`` that drives the pure scheduler against a
-  model of it (admit, start, complete, fail, stale reports, cancel, delayed writes).
+  model of it (admit, start, complete, fail, stale reports, cancel, delayed writes, and bases run
+  by another engine).
 
 Hypothesis profiles (``dev``, ``ci``) live in ``conftest.py``.
 """
@@ -260,6 +261,9 @@ class LoggedStorage(MemoryStorage):
             self.log.append(Write(change))
             if isinstance(change, ExecutionUpdate):
                 self.status[change.execution_id] = change.status
+        # Yield after every write, as a store with I/O does: it opens the timing windows
+        # between a write and the writer acting on it.
+        await anyio.lowlevel.checkpoint()
 
     def ended(self, execution_ids: Sequence[str]) -> bool:
         return all(self.status.get(i, "pending") in TERMINAL for i in execution_ids)

@@ -26,6 +26,7 @@ from test_storage_contract import (
 
 from adapters.sqlite import SqliteStorage
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from adapters.sqlite.storage import _SELECT_HOLDERS
 from engine.errors import ConfigError, IdempotencyConflict, LeaseLost, StorageError
 from engine.models import (
     Change,
@@ -890,6 +891,7 @@ async def test_a_version_2_file_is_migrated_on_open(tmp_path: Path) -> None:
                     "SELECT attempt FROM delivery_attempts WHERE execution_id = ? ORDER BY seq",
                     ("exec_1",),
                 ),
+                (_SELECT_HOLDERS, ()),
             ]
         ]
     conn.close()
@@ -898,3 +900,8 @@ async def test_a_version_2_file_is_migrated_on_open(tmp_path: Path) -> None:
     assert "outbox_pending" in plans[1]
     assert "delivery_attempts_by_execution" in plans[2]
     assert "TEMP B-TREE" not in plans[2]  # read in order from the index
+    # holders(): the held rows and the pending events, never the finished history
+    assert "executions_held" in plans[3]
+    assert "outbox_pending" in plans[3]
+    assert "SCAN e" not in plans[3]
+    assert "SCAN executions" not in plans[3]

@@ -857,7 +857,7 @@ async def test_an_event_is_queued_with_its_ending_and_taken_over_from_a_dead_eng
     with pytest.raises(LeaseLost):
         await storage.apply([DeliveryRecorded(attempt(event_id, "exec_1", 1))], owner="A")
     await storage.apply([DeliveryRecorded(attempt(event_id, "exec_1", 1))], owner="B")
-    assert await storage.holders() == {}  # finished executions are not reported
+    assert await storage.holders() == {"B": T0 + 60}  # its event is still pending
     assert await storage.deliveries("exec_1") == [attempt(event_id, "exec_1", 1)]
 
 
@@ -1057,16 +1057,25 @@ async def test_claim_outbox_takes_events_of_claimable_executions_oldest_first(
 ) -> None:
     # events are taken in the order they were added, whatever the executions' order
     await storage.create(make_execution("exec_resumed"), owner="dead", lease_until=T0 + LEASE)
+    await storage.create(make_execution("exec_plain"), owner="dead", lease_until=T0 + LEASE)
     expected = [
         await create_ended(storage, "exec_free", None),
         await create_ended(storage, "exec_expired", "old", lease_until=T0 - 1),
         await create_ended(storage, "exec_dead", "dead"),
     ]
-    # an unfinished execution with an event pending from an earlier ending: taken too
+    # an unfinished execution with an event pending from an earlier ending: left alone
     await storage.apply(
         [OutboxAdd("evt_resumed", "exec_resumed", "failed", {"status": "failed"})], owner="dead"
     )
-    expected.append("evt_resumed")
+    # an execution with no webhook and no tenant
+    await storage.apply(
+        [
+            ExecutionUpdate("exec_plain", "failed", 1.0, 2.0),
+            OutboxAdd("evt_plain", "exec_plain", "failed", {"status": "failed"}),
+        ],
+        owner="dead",
+    )
+    expected.append("evt_plain")
     await storage.apply([OutboxAdd("evt_dead_1", "exec_dead", "failed", {})], owner="dead")
     expected.append("evt_dead_1")
     await create_ended(storage, "exec_live", "B")
@@ -1084,21 +1093,81 @@ async def test_claim_outbox_takes_events_of_claimable_executions_oldest_first(
         "exec_free",
         "exec_expired",
         "exec_dead",
-        "exec_resumed",
+        "exec_plain",
         "exec_dead",
     ]
     assert claimed[3].webhook is None
     assert claimed[3].tenant is None
-    assert await storage.holders() == {"C": T0 + 60}  # exec_resumed is unfinished
-    for execution_id in ("exec_free", "exec_expired", "exec_dead", "exec_resumed"):
+    # the holders of finished executions with pending events are reported, "old" no longer
+    assert await storage.holders() == {
+        "C": T0 + 60,
+        "B": T0 + LEASE,
+        "edge": T0,
+        "dead": T0 + LEASE,
+    }
+    for execution_id in ("exec_free", "exec_expired", "exec_dead", "exec_plain"):
         await storage.apply(
             [OutboxAdd(f"evt_{execution_id}_9", execution_id, "completed", {})], owner="C"
         )
-    for execution_id in ("exec_live", "exec_edge"):
+    for execution_id in ("exec_live", "exec_edge", "exec_resumed"):
         with pytest.raises(LeaseLost):
             await storage.apply(
                 [OutboxAdd(f"evt_{execution_id}_9", execution_id, "completed", {})], owner="C"
             )
+
+
+async def test_claim_outbox_leaves_the_events_of_unfinished_executions_to_claim(
+    storage: Storage,
+) -> None:
+    first = await create_ended(storage, "exec_1", "A")
+    # resumed while its event is still pending: the execution is claim()'s to take over
+    await storage.apply([ExecutionUpdate("exec_1", "pending", generation=1)], owner="A")
+
+    assert await storage.claim_outbox("B", now=T0, lease_until=T0 + 60, dead_owners=["A"]) == []
+    assert await storage.claim_outbox("B", now=T0 + 99, lease_until=T0 + 120) == []  # expired
+    await storage.release("A")
+    assert await storage.claim_outbox("B", now=T0, lease_until=T0 + 60) == []  # unheld
+    assert await storage.holders() == {}
+    assert [e.id for e in await storage.claim("B", now=T0, lease_until=T0 + 60)] == ["exec_1"]
+    # once it ends again, its events (the old one too) are the outbox's
+    second = "evt_exec_1_1"
+    await storage.apply(
+        [
+            ExecutionUpdate("exec_1", "failed", 1.0, 2.0, generation=1),
+            OutboxAdd(second, "exec_1", "failed", {"status": "failed"}),
+        ],
+        owner="B",
+    )
+    claimed = await storage.claim_outbox("C", now=T0, lease_until=T0 + 9, dead_owners=["B"])
+    assert [n.event_id for n in claimed] == [first, second]
+
+
+async def test_holders_reports_finished_executions_with_pending_events(storage: Storage) -> None:
+    a_pending = await create_ended(storage, "exec_a1", "A", lease_until=T0 + 5)
+    a_done = await create_ended(storage, "exec_a2", "A", lease_until=T0 + 9)
+    await storage.apply([OutboxDone(a_done, "exec_a2", "delivered")], owner="A")
+    await storage.create(make_execution("exec_b1"), owner="B", lease_until=T0 + 3)
+    b_pending = await create_ended(storage, "exec_b2", "B", lease_until=T0 + 8)
+    await storage.create(make_execution("exec_c", status="completed"), owner="C")  # no event
+    await create_ended(storage, "exec_free", None)
+
+    # A holds only a finished execution whose event is pending (its lease expired or not); the
+    # done one does not count, however late its lease
+    assert await storage.holders() == {"A": T0 + 5, "B": T0 + 8}
+    await storage.apply([OutboxDone(b_pending, "exec_b2", "failed")], owner="B")
+    assert await storage.holders() == {"A": T0 + 5, "B": T0 + 3}
+    await storage.apply([OutboxDone(a_pending, "exec_a1", "delivered")], owner="A")
+    assert await storage.holders() == {"B": T0 + 3}
+    await storage.apply([OutboxReset(a_pending, "exec_a1")], owner="A")
+    assert await storage.holders() == {"A": T0 + 5, "B": T0 + 3}
+    # a restarted engine sees A and takes its outbox; then D holds it
+    claimed = await storage.claim_outbox("D", now=T0, lease_until=T0 + 60, dead_owners=["A"])
+    assert [n.event_id for n in claimed] == [a_pending, "evt_exec_free_0"]
+    assert await storage.holders() == {"B": T0 + 3, "D": T0 + 60}
+    await storage.release("D", ["exec_a1"])
+    assert await storage.holders() == {"B": T0 + 3, "D": T0 + 60}  # exec_free
+    await storage.apply([OutboxDone("evt_exec_free_0", "exec_free", "delivered")], owner="D")
+    assert await storage.holders() == {"B": T0 + 3}
 
 
 async def test_renew_extends_finished_executions_with_pending_events(storage: Storage) -> None:

@@ -108,7 +108,7 @@ class FFmpegVideoProvider:
     (download timeouts, 5xx, a full disk, FFmpeg killed by a signal).
     """
 
-    output_dir: Path = field(converter=_path)
+    output_dir: Path = field(converter=_path, kw_only=False)
     short_side: int = 720
     fps: int = 25
     preset: str = "veryfast"

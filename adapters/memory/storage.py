@@ -87,7 +87,8 @@ class MemoryStorage:
     # Who holds each held execution (finished or not), and until when.
     _holder: dict[str, str] = field(factory=dict, init=False)
     _lease: dict[str, float] = field(factory=dict, init=False)
-    # The unfinished executions each engine holds: what renew() and holders() read.
+    # The unfinished executions each engine holds: what renew() and holders() read (with the
+    # pending events, for the finished executions that still have some).
     _held: dict[str, set[str]] = field(factory=dict, init=False)
     # The webhook outbox: every event by id, the pending ones, attempts logged per event, the
     # delivery log per execution, and events per outbox status.
@@ -344,8 +345,14 @@ class MemoryStorage:
             self._drop_held(owner, execution_id)
 
     async def holders(self) -> dict[str, float]:
-        lease = self._lease
-        return {owner: max(lease[i] for i in held) for owner, held in self._held.items()}
+        lease, holder, events, open_ = self._lease, self._holder, self._events, self._open
+        latest = {owner: max(lease[i] for i in held) for owner, held in self._held.items()}
+        for event_id in self._pending_events:  # finished executions with events to deliver
+            execution_id = events[event_id].execution_id
+            owner = holder.get(execution_id)
+            if owner is not None and execution_id not in open_:
+                latest[owner] = max(latest.get(owner, -math.inf), lease[execution_id])
+        return latest
 
     async def claim_outbox(
         self,
@@ -356,12 +363,14 @@ class MemoryStorage:
         dead_owners: Collection[str] = (),
     ) -> list[Notification]:
         takeable = set(dead_owners)
-        holder, lease, events = self._holder, self._lease, self._events
+        holder, lease, events, open_ = self._holder, self._lease, self._events, self._open
         taken: dict[str, bool] = {}  # each execution once: claimable or not
         chosen: list[tuple[str, _Event]] = []
         for event_id in sorted(self._pending_events, key=lambda e: events[e].seq):
             event = events[event_id]
             execution_id = event.execution_id
+            if execution_id in open_:  # unfinished: claim() takes it over, with its events
+                continue
             if execution_id not in taken:
                 held_by = holder.get(execution_id)
                 taken[execution_id] = (
@@ -371,7 +380,7 @@ class MemoryStorage:
                 chosen.append((event_id, event))
         for execution_id, claimable in taken.items():
             if claimable:
-                self._hold(execution_id, owner, lease_until, execution_id in self._open)
+                self._hold(execution_id, owner, lease_until, unfinished=False)
         notifications = []
         for event_id, event in chosen:
             execution = self._executions[event.execution_id]

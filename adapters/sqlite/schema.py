@@ -43,8 +43,8 @@ Version 3 adds the durable webhook outbox:
   ``pending`` until a notifier is done with it, then ``delivered``, ``failed`` or ``notified``.
   ``payload`` is the webhook body as compact JSON. ``created_at`` and ``done_at`` are wall-clock
   Unix times, for people reading the file (the port never returns them).
-- ``outbox_pending``: the pending events in ``seq`` order, what ``claim_outbox`` and ``renew``
-  read, so the delivered history is never scanned.
+- ``outbox_pending``: the pending events in ``seq`` order, what ``claim_outbox``, ``renew`` and
+  ``holders()`` read, so the delivered history is never scanned.
 - ``outbox_counts``: events per status, kept by triggers like ``execution_counts``.
 - ``delivery_attempts``: the delivery log, one row per attempt, in ``seq`` order; an event's
   attempt count is its number of rows. ``delivery_attempts_by_execution`` reads one

@@ -10,8 +10,8 @@ queued write (up to :data:`MAX_GROUP`, its own first), commits them in one ``BEG
 transaction, wakes their callers, and hands the role to the caller of the oldest write still
 queued, which wrote nothing yet. So one writer at a time, no write acknowledged before its
 ``COMMIT`` returned, and no task outlives the calls: ``open()`` and ``close()`` may be called
-from any task, in any nesting of task groups. ``claim``, ``renew`` and ``release`` are writes
-too and go through the same queue.
+from any task, in any nesting of task groups. ``claim``, ``claim_outbox``, ``renew`` and
+``release`` are writes too and go through the same queue.
 
 Fencing: an ``apply`` with an ``owner`` is checked inside the writer's transaction, before any
 of its statements run, against the ``owner`` column as the writes queued before it in the
@@ -22,8 +22,9 @@ group (nothing between them can change a holder) are checked with one query.
 The webhook outbox (schema version 3) is written by ``apply`` like the rest, in change order:
 ``OutboxAdd`` rows, ``DeliveryRecorded`` attempts, ``OutboxDone`` and ``OutboxReset`` are fenced
 with the other changes of their call and committed with them. ``claim_outbox`` reads and takes
-in one write transaction, like ``claim``; ``renew`` extends the leases of terminal executions
-with pending events in the same transaction as the others.
+in one write transaction, like ``claim``, and takes the events of terminal executions only;
+``renew`` extends the leases of terminal executions with pending events in the same transaction
+as the others, and ``holders()`` reports their holders.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from engine.wire import error_from_json, error_to_json, video_from_json, video_t
 
 Synchronous = Literal["FULL", "NORMAL"]
 
-#: The most write calls (create, apply, claim, renew, release) one write transaction takes.
+#: The most write calls (create, apply, claim, claim_outbox, renew, release) one transaction takes.
 MAX_GROUP = 1024
 
 #: From this many rows on, ``unfinished()`` and ``claim()`` decode them in a worker thread.
@@ -105,9 +106,18 @@ _SELECT_BY_SEQ = f"""
     WHERE e.seq IN ({{marks}})
     ORDER BY e.seq, j.position
 """
+# Holds on unfinished executions (through executions_held), and on finished ones with pending
+# webhook events (through outbox_pending): never the finished history.
 _SELECT_HOLDERS = """
-    SELECT owner, max(lease_until) FROM executions
-    WHERE status IN ('pending', 'processing') AND owner IS NOT NULL
+    SELECT owner, max(lease_until) FROM (
+        SELECT owner, lease_until FROM executions
+        WHERE status IN ('pending', 'processing') AND owner IS NOT NULL
+        UNION ALL
+        SELECT e.owner, e.lease_until
+        FROM outbox AS o JOIN executions AS e ON e.id = o.execution_id
+        WHERE o.status = 'pending' AND e.owner IS NOT NULL
+            AND e.status NOT IN ('pending', 'processing')
+    )
     GROUP BY owner
 """
 _SELECT_OWNERS = "SELECT id, owner FROM executions WHERE id IN ({marks})"
@@ -161,7 +171,7 @@ _SELECT_CLAIMABLE_EVENTS = """
         (SELECT count(*) FROM delivery_attempts AS d
          WHERE d.execution_id = o.execution_id AND d.event_id = o.event_id)
     FROM outbox AS o JOIN executions AS e ON e.id = o.execution_id
-    WHERE o.status = 'pending'
+    WHERE o.status = 'pending' AND e.status NOT IN ('pending', 'processing')
         AND (e.owner IS NULL OR e.lease_until < ? OR e.owner IN ({marks}))
     ORDER BY o.seq
 """
@@ -232,8 +242,8 @@ class WriterStats:
     transactions: int = 0
     #: Write transactions rolled back.
     rollbacks: int = 0
-    #: ``create``, ``apply``, ``claim``, ``renew`` and ``release`` calls the writer has finished,
-    #: with success or an error.
+    #: ``create``, ``apply``, ``claim``, ``claim_outbox``, ``renew`` and ``release`` calls the
+    #: writer has finished, with success or an error.
     requests: int = 0
     #: The most calls one committed transaction has held.
     largest_group: int = 0
@@ -339,11 +349,12 @@ class SqliteStorage:
     cancelled. ``stats`` counts transactions and calls. Several processes (or several instances)
     may use one file at once.
 
-    Ownership (see :class:`~engine.ports.Storage`): ``claim``, ``renew`` and ``release`` are
-    writes, batched like the others; a fenced ``apply`` is checked in the transaction that
-    writes it, and a call fenced out fails alone with :class:`~engine.errors.LeaseLost`. Two
-    instances (processes) claiming at once never take the same execution: each claim reads and
-    takes in one ``BEGIN IMMEDIATE`` transaction. Choices the port leaves open, the same as
+    Ownership (see :class:`~engine.ports.Storage`): ``claim``, ``claim_outbox``, ``renew`` and
+    ``release`` are writes, batched like the others; a fenced ``apply`` is checked in the
+    transaction that writes it, and a call fenced out fails alone with
+    :class:`~engine.errors.LeaseLost`. Two instances (processes) claiming at once never take the
+    same execution (or webhook event): each claim reads and takes in one ``BEGIN IMMEDIATE``
+    transaction. Choices the port leaves open, the same as
     :class:`~adapters.memory.MemoryStorage`'s: ``create`` with an ``owner`` and no
     ``lease_until`` holds with no expiry (``holders()`` reports ``math.inf``); a finished
     execution keeps its last holder; ``release(owner)`` without ``ids`` gives up the unfinished
@@ -629,8 +640,8 @@ class SqliteStorage:
         lease_until: float,
         dead_owners: Collection[str] = (),
     ) -> list[Notification]:
-        """Take the pending webhook events of claimable executions (see the port) in one write
-        transaction, so two claimers never take the same event."""
+        """Take the pending webhook events of claimable finished executions (see the port) in
+        one write transaction, so two claimers never take the same event."""
         takeable = list(dict.fromkeys(dead_owners))
 
         async def operation(conn: aiosqlite.Connection) -> list[_Row]:
