@@ -7,8 +7,10 @@ nothing. Routes (all under ``Authorization: Bearer <key>`` except ``/healthz`` a
 
 - ``POST /api/execute``: submit a plan; ``202 {"executionId"}``.
 - ``GET /api/execute/{id}/status``: the seed's status body.
-- ``GET /api/execute/{id}``: the execution, jobs with status, attempts and timings.
-- ``POST /api/execute/{id}/cancel`` and ``.../resume``: ``202 {"executionId", "status"}``.
+- ``GET /api/execute/{id}``: the execution, jobs with status, attempts and timings, and the
+  webhook's delivery log (``webhook.deliveries``).
+- ``POST /api/execute/{id}/cancel``, ``.../resume`` and ``.../redeliver`` (send an ended
+  execution's webhook again, same ``webhook-id``): ``202 {"executionId", "status"}``.
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
 
 Checks run in this order: route (404), method (405 with ``Allow``), key (401), rate (429),
@@ -139,6 +141,7 @@ class App:
             "status": {"GET": (self._status, True)},
             "cancel": {"POST": (self._cancel, True)},
             "resume": {"POST": (self._resume, True)},
+            "redeliver": {"POST": (self._redeliver, True)},
             "healthz": {"GET": (self._healthz, False)},
             "metrics": {"GET": (self._metrics, True)},
             "openapi": {"GET": (self._openapi_json, False)},
@@ -273,8 +276,13 @@ class App:
             execution = await self.engine.get(execution_id, tenant=request.tenant)
         except UnknownExecution:
             raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
-        # The webhook delivery log will be passed here as ``deliveries=`` once the engine has it.
-        return _json_response(200, execution_to_json(execution))
+        deliveries = None
+        if execution.webhook is not None:
+            try:
+                deliveries = await self.engine.deliveries(execution_id, tenant=request.tenant)
+            except UnknownExecution:
+                raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
+        return _json_response(200, execution_to_json(execution, deliveries=deliveries))
 
     async def _cancel(self, request: _Request) -> Response:
         execution_id = _known_id(request.execution_id)
@@ -289,6 +297,17 @@ class App:
         execution_id = _known_id(request.execution_id)
         try:
             await self.engine.resume(execution_id, tenant=request.tenant)
+            execution = await self.engine.get(execution_id, tenant=request.tenant)
+        except UnknownExecution:
+            raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
+        except InvalidState as exc:
+            raise HttpProblem(INVALID_STATE, str(exc)) from None
+        return _json_response(202, {"executionId": execution_id, "status": execution.status})
+
+    async def _redeliver(self, request: _Request) -> Response:
+        execution_id = _known_id(request.execution_id)
+        try:
+            await self.engine.redeliver(execution_id, tenant=request.tenant)
             execution = await self.engine.get(execution_id, tenant=request.tenant)
         except UnknownExecution:
             raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
@@ -359,7 +378,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 _STATIC = {"/healthz": "healthz", "/metrics": "metrics", "/openapi.json": "openapi"}
-_ACTIONS = {"status", "cancel", "resume"}
+_ACTIONS = {"status", "cancel", "resume", "redeliver"}
 
 
 def _route(scope: Scope) -> tuple[str | None, str | None]:

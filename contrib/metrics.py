@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 
-from engine.engine import EngineMetrics
+from engine.metrics import EngineMetrics
 
 MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "videoflow_"
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+#: Outbox statuses of webhook events: waiting or retrying, delivered (a 2xx), given up, or taken
+#: by a notifier that makes no HTTP attempts.
+OUTBOX_STATUSES = ("pending", "delivered", "failed", "notified")
 
 
 def _number(value: float | None) -> str:
@@ -68,6 +71,27 @@ def render(metrics: EngineMetrics, responses: Mapping[int, int] | None = None) -
     for name, value, help_text in gauges:
         lines += _family(name, "gauge", help_text)
         lines.append(f"{PREFIX}{name} {value}")
+    lines += _family(
+        "webhook_deliveries",
+        "gauge",
+        "Webhook events in the store's outbox, by status (pending includes those retrying).",
+    )
+    for status in sorted(set(OUTBOX_STATUSES) | set(metrics.deliveries)):
+        count = metrics.deliveries.get(status, 0)
+        lines.append(f'{PREFIX}webhook_deliveries{{status="{_escape(status)}"}} {count}')
+    lines += _family(
+        "webhook_delivery_latency_seconds",
+        "gauge",
+        "Quantiles of the time from an execution's completion to its webhook's 2xx, for recent "
+        "deliveries by this process (NaN before the first).",
+    )
+    for quantile, value in (
+        ("0.5", metrics.delivery_latency_p50),
+        ("0.99", metrics.delivery_latency_p99),
+    ):
+        lines.append(
+            f'{PREFIX}webhook_delivery_latency_seconds{{quantile="{quantile}"}} {_number(value)}'
+        )
     if responses is not None:
         lines += _family("http_responses_total", "counter", "HTTP responses, by status code.")
         for code in sorted(responses):

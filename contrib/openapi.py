@@ -277,16 +277,58 @@ SCHEMAS: dict[str, Any] = {
             "currentJob": {"type": ["string", "null"]},
             "result": _nullable(_ref("Video")),
             "error": _nullable(_ref("ErrorInfo")),
-            # The webhook delivery log will be added here as "deliveries" (see contrib.views).
-            "webhook": _nullable(
-                {
-                    "type": "object",
-                    "required": ["url"],
-                    "properties": {"url": {"type": "string"}},
-                    "description": "Where the outcome is POSTed. The secret is never shown.",
-                }
-            ),
+            "webhook": _nullable(_ref("ExecutionWebhook")),
             "jobs": {"type": "array", "items": _ref("ExecutionJob")},
+        },
+    },
+    "ExecutionWebhook": {
+        "type": "object",
+        "required": ["url", "deliveries"],
+        "properties": {
+            "url": {"type": "string", "description": "Without any `user:password@`."},
+            "deliveries": {
+                "type": "array",
+                "description": "Every attempt at delivering the webhook, oldest first.",
+                "items": _ref("DeliveryAttempt"),
+            },
+        },
+        "description": "Where the outcome is POSTed. The secret is never shown.",
+    },
+    "DeliveryAttempt": {
+        "type": "object",
+        "description": (
+            "One attempt at delivering one webhook event. `outcome` is `delivered` (a 2xx), "
+            "`retry` (failed; the next attempt is due at `retryAt`) or `failed` (failed, and the "
+            "last attempt of this delivery)."
+        ),
+        "required": [
+            "eventId",
+            "attempt",
+            "at",
+            "statusCode",
+            "error",
+            "latency",
+            "outcome",
+            "retryAt",
+            "url",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "eventId": {
+                "type": "string",
+                "description": "The `webhook-id` header: the same on every attempt of one event.",
+            },
+            "attempt": {"type": "integer", "minimum": 1},
+            "at": {"type": "string", "format": "date-time", "description": "When it started."},
+            "statusCode": {
+                "type": ["integer", "null"],
+                "description": "The receiver's HTTP status; null when no answer came.",
+            },
+            "error": {"type": ["string", "null"]},
+            "latency": {"type": "number", "minimum": 0, "description": "Seconds it took."},
+            "outcome": {"enum": ["delivered", "retry", "failed"]},
+            "retryAt": {"type": ["string", "null"], "format": "date-time"},
+            "url": {"type": "string", "description": "Without any `user:password@`."},
         },
     },
     "Health": {
@@ -430,6 +472,25 @@ def openapi_document(*, title: str = "videoflow engine", version: str = "0.1.0")
                 "parameters": [_ID_PARAMETER],
                 "responses": _responses(
                     r202=_json("ExecutionStatusAccepted", "Resumed."),
+                    r404="NotFound",
+                    r409="InvalidState",
+                    **authed,
+                ),
+            }
+        },
+        "/api/execute/{id}/redeliver": {
+            "post": {
+                "operationId": "redeliverWebhook",
+                "summary": "Send an ended execution's webhook again, with the same `webhook-id`.",
+                "description": (
+                    "For a receiver that was down or has been fixed. The delivery runs in the "
+                    "background with the usual retries; its attempts are added to the execution's "
+                    "`webhook.deliveries`. 409 when the execution has no webhook or has not "
+                    "ended. A request body, if any, is ignored."
+                ),
+                "parameters": [_ID_PARAMETER],
+                "responses": _responses(
+                    r202=_json("ExecutionStatusAccepted", "The delivery is started."),
                     r404="NotFound",
                     r409="InvalidState",
                     **authed,

@@ -1,17 +1,23 @@
 """The JSON an execution is shown as: ``GET /api/execute/{id}``.
 
-Times are ISO 8601 UTC strings. The webhook is shown as ``{"url"}`` only: its secret never leaves
-the engine.
+Times are ISO 8601 UTC strings. The webhook is shown as ``{"url", "deliveries"}``: its URL without
+any ``user:password@``, and its delivery log. Its secret never leaves the engine.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
-from engine.models import ErrorInfo, Execution, JobInfo, Video
+from engine.models import DeliveryAttempt, ErrorInfo, Execution, JobInfo, Video, Webhook
 from engine.wire import error_to_json, video_to_json
+
+#: ``scheme://`` and the userinfo of the authority (up to its last ``@``, before any ``/?#``).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
+_REDACTED = "***"
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -20,6 +26,37 @@ def timestamp(seconds: float | None) -> str | None:
         return None
     moment = datetime.fromtimestamp(seconds, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` (masked or not) removed from its authority."""
+    return _USERINFO.sub(r"\1", url, count=1)
+
+
+def _secrets_of(webhook: Webhook | None) -> list[str]:
+    """What must never appear in an attempt's error: the secret, and the URL's userinfo and its
+    password, as given and percent-decoded."""
+    if webhook is None:
+        return []
+    found: list[str] = []
+    if webhook.secret:
+        found.append(webhook.secret)
+    match = _USERINFO.match(webhook.url)
+    if match is not None:
+        userinfo = match[0][len(match[1]) : -1]
+        for text in (userinfo, unquote(userinfo)):
+            found.append(text)  # all of it: a token may stand where a user name goes
+            found.append(text.partition(":")[2])
+    # Longest first, so that a part never leaves the rest of a longer secret behind.
+    return sorted({s for s in found if s and s != _REDACTED}, key=len, reverse=True)
+
+
+def _redact(text: str | None, secrets: Sequence[str]) -> str | None:
+    if text is None:
+        return None
+    for secret in secrets:
+        text = text.replace(secret, _REDACTED)
+    return text
 
 
 def _video(video: Video | None) -> dict[str, Any] | None:
@@ -45,20 +82,42 @@ def job_to_json(job: JobInfo) -> dict[str, Any]:
     }
 
 
+def delivery_to_json(attempt: DeliveryAttempt, *, secrets: Sequence[str] = ()) -> dict[str, Any]:
+    """One attempt of the delivery log. ``at`` and ``retryAt`` are times, ``latency`` seconds.
+
+    The URL loses any userinfo and ``error`` any of ``secrets`` (the notifier records neither;
+    this is a second guard, not the first).
+    """
+    return {
+        "eventId": attempt.event_id,
+        "attempt": attempt.attempt,
+        "at": timestamp(attempt.at),
+        "statusCode": attempt.status_code,
+        "error": _redact(attempt.error, secrets),
+        "latency": attempt.latency,
+        "outcome": attempt.outcome,
+        "retryAt": timestamp(attempt.retry_at),
+        "url": without_userinfo(attempt.url),
+    }
+
+
 def execution_to_json(
-    execution: Execution, *, deliveries: Sequence[dict[str, Any]] | None = None
+    execution: Execution, *, deliveries: Sequence[DeliveryAttempt] | None = None
 ) -> dict[str, Any]:
     """The execution, its jobs with status, attempts and timings; never the webhook secret.
 
-    ``deliveries`` is the place for the webhook delivery log (each attempt: when, status code,
-    outcome). The engine does not expose that log yet, so callers pass ``None`` and the key is
-    left out rather than shown as an empty list that would claim nothing was attempted.
+    ``deliveries`` is the webhook's delivery log (every attempt, oldest first), shown as
+    ``webhook.deliveries``. With ``None`` the key is left out rather than shown as an empty list
+    that would claim nothing was attempted.
     """
     webhook: dict[str, Any] | None = None
     if execution.webhook is not None:
-        webhook = {"url": execution.webhook.url}
+        webhook = {"url": without_userinfo(execution.webhook.url)}
         if deliveries is not None:
-            webhook["deliveries"] = list(deliveries)
+            secrets = _secrets_of(execution.webhook)
+            webhook["deliveries"] = [
+                delivery_to_json(attempt, secrets=secrets) for attempt in deliveries
+            ]
     return {
         "id": execution.id,
         "status": execution.status,
@@ -77,4 +136,10 @@ def execution_to_json(
     }
 
 
-__all__ = ["execution_to_json", "job_to_json", "timestamp"]
+__all__ = [
+    "delivery_to_json",
+    "execution_to_json",
+    "job_to_json",
+    "timestamp",
+    "without_userinfo",
+]

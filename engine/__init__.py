@@ -15,7 +15,7 @@ from engine.dsl import (
     merge,
     reframe,
 )
-from engine.engine import Engine, EngineMetrics
+from engine.engine import Engine
 from engine.errors import (
     ConfigError,
     EngineError,
@@ -30,6 +30,7 @@ from engine.errors import (
     UnknownExecution,
 )
 from engine.handle import PipelineExecution
+from engine.metrics import EngineMetrics
 from engine.models import (
     ErrorInfo,
     Execution,

@@ -10,7 +10,6 @@ import os
 import random
 import secrets
 import socket
-import statistics
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from types import TracebackType
@@ -19,7 +18,6 @@ from typing import Any, Protocol, Self
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from attrs import frozen
 
 from engine.clock import Clock, SystemClock
 from engine.errors import (
@@ -32,6 +30,7 @@ from engine.errors import (
     ProviderError,
     UnknownExecution,
 )
+from engine.metrics import EngineMetrics, quantile
 from engine.models import (
     TERMINAL,
     DeliveryAttempt,
@@ -63,44 +62,6 @@ class Listener(Protocol):
     def progress(self, progress: Progress) -> None: ...
 
     def ended(self, ended: Ended) -> None: ...
-
-
-@frozen
-class EngineMetrics:
-    """A snapshot of what the engine has done. Durations are seconds on the engine's clock."""
-
-    executions: Mapping[str, int]
-    success_rate: float | None
-    duration_p50: float | None
-    duration_p95: float | None
-    attempts: int
-    retries: int
-    jobs_completed: int
-    jobs_failed: int
-    queue_depth: int
-    live_executions: int
-    live_jobs: int
-    deliveries: Mapping[str, int]
-    delivery_latency_p50: float | None
-    delivery_latency_p99: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "executions": dict(self.executions),
-            "successRate": self.success_rate,
-            "durationP50": self.duration_p50,
-            "durationP95": self.duration_p95,
-            "attempts": self.attempts,
-            "retries": self.retries,
-            "jobsCompleted": self.jobs_completed,
-            "jobsFailed": self.jobs_failed,
-            "queueDepth": self.queue_depth,
-            "liveExecutions": self.live_executions,
-            "liveJobs": self.live_jobs,
-            "deliveries": dict(self.deliveries),
-            "deliveryLatencyP50": self.delivery_latency_p50,
-            "deliveryLatencyP99": self.delivery_latency_p99,
-        }
 
 
 class Engine:
@@ -522,12 +483,12 @@ class Engine:
         latencies = sorted(self._delivery_latency)
         return EngineMetrics(
             deliveries=await self.storage.outbox_counts(),
-            delivery_latency_p50=_quantile(latencies, 0.50),
-            delivery_latency_p99=_quantile(latencies, 0.99),
+            delivery_latency_p50=quantile(latencies, 0.50),
+            delivery_latency_p99=quantile(latencies, 0.99),
             executions=counts,
             success_rate=counts.get("completed", 0) / ended if ended else None,
-            duration_p50=_quantile(durations, 0.50),
-            duration_p95=_quantile(durations, 0.95),
+            duration_p50=quantile(durations, 0.50),
+            duration_p95=quantile(durations, 0.95),
             attempts=stats.attempts,
             retries=stats.retries,
             jobs_completed=stats.jobs_completed,
@@ -809,14 +770,6 @@ def _fingerprint(plan: ExecutionPlan, base: str | None, webhook: Webhook | None)
     if webhook is not None and webhook.secret is not None:
         digest.update(hashlib.sha256(webhook.secret.encode()).digest())
     return digest.hexdigest()
-
-
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
 def _dead_local_holders(holders: Mapping[str, float], me: str) -> list[str]:
