@@ -17,6 +17,8 @@ from engine.wire import error_to_json, video_to_json
 
 #: ``scheme://`` and the userinfo of the authority (up to its last ``@``, before any ``/?#``).
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
+#: The same, for URLs anywhere in a text.
+_USERINFO_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s]*@")
 _REDACTED = "***"
 
 
@@ -52,11 +54,12 @@ def _secrets_of(webhook: Webhook | None) -> list[str]:
 
 
 def _redact(text: str | None, secrets: Sequence[str]) -> str | None:
+    """``text`` without any of ``secrets`` and without the userinfo of any URL in it."""
     if text is None:
         return None
     for secret in secrets:
         text = text.replace(secret, _REDACTED)
-    return text
+    return _USERINFO_IN_TEXT.sub(r"\1", text)
 
 
 def _video(video: Video | None) -> dict[str, Any] | None:

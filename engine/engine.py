@@ -125,6 +125,7 @@ class Engine:
         self._durations: deque[float] = deque(maxlen=10_000)
         self._delivery_latency: deque[float] = deque(maxlen=10_000)
         self._completed_at: dict[str, float] = {}
+        self._sending: set[str] = set()  # webhook events being delivered now
         self._valid_plans: dict[tuple[int, bool], tuple[ExecutionPlan, tuple[JobInfo, ...]]] = {}
         self.shutdown_grace = shutdown_grace
         self._undelivered = 0
@@ -246,6 +247,8 @@ class Engine:
         for execution in claimed:
             if self.scheduler.is_live(execution.id):
                 continue
+            if execution.status in TERMINAL and not resume:
+                continue  # taken only to be held (cancel of one that just ended)
             base_id = execution.base_execution_id
             base = None
             if base_id is not None and not self.scheduler.is_live(base_id):
@@ -438,18 +441,16 @@ class Engine:
         execution = await self.get(execution_id, tenant=tenant)
         if execution.status not in TERMINAL or execution.webhook is None:
             raise InvalidState(f"execution {execution_id} has no webhook event to send")
-        if not await self._claim_and_admit([execution_id]) and not self.scheduler.is_live(
-            execution_id
-        ):
-            held = await self.storage.claim(
-                self.owner,
-                now=self.clock.now(),
-                lease_until=self.clock.now() + self.lease,
-                ids=[execution_id],
-            )
-            if not held:
-                raise InvalidState(f"execution {execution_id} is held by another engine")
+        if self.notifier is None:
+            raise InvalidState("this engine has no notifier to send webhooks with")
         event_id = f"evt_{execution_id}_{execution.generation}"
+        if event_id in self._sending:
+            raise InvalidState(f"the webhook of execution {execution_id} is being delivered now")
+        now = self.clock.now()
+        # Hold the ended execution, so this engine's writes to its outbox are accepted.
+        await self.storage.claim(
+            self.owner, now=now, lease_until=now + self.lease, ids=[execution_id]
+        )
         await self.storage.apply([OutboxReset(event_id, execution_id)], owner=self.owner)
         made = len(
             [d for d in await self.storage.deliveries(execution_id) if d.event_id == event_id]
@@ -539,8 +540,8 @@ class Engine:
         An execution with a webhook that ends here gets its webhook event queued in the outbox in
         the same write, so the event survives a crash right after it.
         """
-        notifications = [self._notification(ended) for ended in step.ended]
-        if self.notifier is not None:
+        notifications = [self._notification(ended) for ended in step.ended] if step.ended else []
+        if notifications and self.notifier is not None:
             step.changes.extend(
                 OutboxAdd(n.event_id, n.execution_id, n.status, n.payload)
                 for n in notifications
@@ -554,7 +555,8 @@ class Engine:
                 self._without(step, lost.execution_ids)
                 if step.changes:
                     await self.storage.apply(step.changes, owner=self.owner)
-        self.scheduler.written(step)
+        if step.ended:
+            self.scheduler.written(step)
         if step.ready:
             await self.queue.push(step.ready)
         for due, ref in step.retries:
@@ -573,9 +575,10 @@ class Engine:
                 if targets and progress is not None:
                     for listener in list(targets):
                         listener.progress(progress)
-        by_execution = {n.execution_id: n for n in notifications}
-        for ended in step.ended:
-            self._on_ended(ended, by_execution[ended.execution_id])
+        if step.ended:
+            by_execution = {n.execution_id: n for n in notifications}
+            for ended in step.ended:
+                self._on_ended(ended, by_execution[ended.execution_id])
 
     @staticmethod
     def _without(step: Step, execution_ids: Collection[str]) -> None:
@@ -688,6 +691,7 @@ class Engine:
         assert self.notifier is not None
         durable = notification.webhook is not None
         last: list[DeliveryAttempt] = []
+        self._sending.add(notification.event_id)
 
         async def record(attempt: DeliveryAttempt) -> None:
             await self.storage.apply([DeliveryRecorded(attempt)], owner=self.owner)
@@ -712,6 +716,7 @@ class Engine:
         except Exception:
             log.exception("notifier failed for execution %s", notification.execution_id)
         finally:
+            self._sending.discard(notification.event_id)
             self._undelivered -= 1
             self._delivered.set()
             self._delivered = anyio.Event()

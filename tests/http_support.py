@@ -153,9 +153,9 @@ class Receiver:
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
-        """Wait until at least ``count`` requests have arrived; return them all."""
-        with anyio.fail_after(timeout):
+    async def wait_for(self, count: int) -> list[Received]:
+        """Wait (10 s at most) until ``count`` requests have arrived; return them all."""
+        with anyio.fail_after(10):
             while len(self.received) < count:
                 await self._arrived.wait()
         return list(self.received)

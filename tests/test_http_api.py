@@ -14,10 +14,13 @@ from typing import Any, cast
 import anyio
 import httpx
 import pytest
-from http_support import ALPHA, BETA, live_api
+from http_support import ALPHA, BETA, live_api, loopback_notifier, webhook_receiver
 
 from adapters.memory import FakeVideoProvider, MemoryQueue, MemoryStorage, RecordingNotifier
+from contrib.views import execution_to_json
 from engine import Engine, Execution, JobRequest, Storage
+from engine.models import DeliveryAttempt
+from engine.webhooks import verify_webhook
 
 pytestmark = pytest.mark.anyio
 
@@ -86,6 +89,7 @@ async def test_health_openapi_and_the_happy_path(tmp_path: Path) -> None:
             "/api/execute/{id}",
             "/api/execute/{id}/cancel",
             "/api/execute/{id}/resume",
+            "/api/execute/{id}/redeliver",
             "/healthz",
             "/metrics",
             "/openapi.json",
@@ -113,7 +117,8 @@ async def test_execution_shows_jobs_and_never_the_webhook_secret(tmp_path: Path)
         assert response.status_code == 200
         assert secret not in response.text
         execution = response.json()
-        assert execution["webhook"] == {"url": "https://example.com/hook"}
+        # The RecordingNotifier makes no HTTP attempt: the log is there, and empty.
+        assert execution["webhook"] == {"url": "https://example.com/hook", "deliveries": []}
         assert execution["id"] == execution_id
         assert execution["status"] == "completed"
         assert execution["baseExecutionId"] is None
@@ -153,6 +158,7 @@ async def test_another_tenants_execution_is_answered_like_a_missing_one(tmp_path
             ("GET", ""),
             ("POST", "/cancel"),
             ("POST", "/resume"),
+            ("POST", "/redeliver"),
         ):
             stranger = await client.request(method, f"/api/execute/{theirs}{suffix}", headers=BETA)
             missing = await client.request(
@@ -214,6 +220,7 @@ async def test_missing_or_unknown_keys_are_401(tmp_path: Path, authorization: st
             ("GET", f"/api/execute/{MISSING_ID}"),
             ("POST", f"/api/execute/{MISSING_ID}/cancel"),
             ("POST", f"/api/execute/{MISSING_ID}/resume"),
+            ("POST", f"/api/execute/{MISSING_ID}/redeliver"),
             ("GET", "/metrics"),
         ):
             response = await client.request(method, path, headers=headers, json=PLAN)
@@ -499,6 +506,7 @@ async def test_routes_and_methods(tmp_path: Path) -> None:
             ("POST", f"/api/execute/{MISSING_ID}", "GET"),
             ("GET", f"/api/execute/{MISSING_ID}/cancel", "POST"),
             ("PATCH", f"/api/execute/{MISSING_ID}/status", "GET"),
+            ("GET", f"/api/execute/{MISSING_ID}/redeliver", "POST"),
             ("HEAD", "/healthz", "GET"),
             ("POST", "/metrics", "GET"),
             ("DELETE", "/openapi.json", "GET"),
@@ -729,29 +737,55 @@ _SAMPLE = re.compile(
 
 
 def parse_prometheus(text: str) -> dict[str, list[tuple[str, float]]]:
-    """Check the text format 0.0.4 line by line; return samples by metric name."""
+    """Check the text format 0.0.4 line by line; return samples by metric name.
+
+    Every family has one HELP and one TYPE line before its samples, its samples come together,
+    no metric name is used twice and no sample (name and labels) is repeated.
+    """
     assert text.endswith("\n")
+    helps: set[str] = set()
     types: dict[str, str] = {}
     samples: dict[str, list[tuple[str, float]]] = {}
+    current: str | None = None
     for line in text.splitlines():
         if line.startswith("# HELP "):
             name, _, help_text = line[7:].partition(" ")
-            assert help_text and name not in samples
+            assert help_text and name not in helps and name not in samples, line
+            helps.add(name)
+            current = name
         elif line.startswith("# TYPE "):
             name, _, kind = line[7:].partition(" ")
             assert kind in ("counter", "gauge", "summary", "histogram", "untyped")
-            assert name not in types
+            assert name not in types and name not in samples, line
             types[name] = kind
+            current = name
         else:
             match = _SAMPLE.match(line)
             assert match is not None, line
             name = match[1]
             assert name in types, f"{name} has no TYPE line before it"
+            assert name == current, f"{name}: its samples are not together"
             value = float(match[4].replace("Inf", "inf"))
             if types[name] == "counter":
                 assert name.endswith("_total") and value >= 0
-            samples.setdefault(name, []).append((match[2] or "", value))
+            labels = match[2] or ""
+            assert labels not in dict(samples.get(name, [])), f"{name}{labels} twice"
+            samples.setdefault(name, []).append((labels, value))
+    assert helps == set(types), "every family has both HELP and TYPE"
     return samples
+
+
+async def wait_metric(
+    client: httpx.AsyncClient, name: str, labels: str, value: float
+) -> dict[str, list[tuple[str, float]]]:
+    """Poll ``/metrics`` until ``name{labels}`` is ``value``; return the samples then."""
+    with anyio.fail_after(10):
+        while True:
+            response = await client.get("/metrics", headers=ALPHA)
+            samples = parse_prometheus(response.text)
+            if dict(samples.get(name, [])).get(labels) == value:
+                return samples
+            await anyio.sleep(0.01)
 
 
 async def test_metrics_are_prometheus_text(tmp_path: Path) -> None:
@@ -762,9 +796,23 @@ async def test_metrics_are_prometheus_text(tmp_path: Path) -> None:
         assert empty.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         before = parse_prometheus(empty.text)
         assert math.isnan(before["videoflow_execution_success_ratio"][0][1])
-        execution_id = await submit(client)
+        outbox = {f'{{status="{s}"}}': 0.0 for s in ("delivered", "failed", "notified", "pending")}
+        assert dict(before["videoflow_webhook_deliveries"]) == outbox
+        latency = dict(before["videoflow_webhook_delivery_latency_seconds"])
+        assert set(latency) == {'{quantile="0.5"}', '{quantile="0.99"}'}
+        assert all(math.isnan(v) for v in latency.values())
+        # The recording notifier takes the event without an HTTP attempt: "notified".
+        execution_id = await submit(client, {**PLAN, "webhook": {"url": "https://example.com/h"}})
         await wait_status(client, execution_id, ["completed"])
-        samples = parse_prometheus((await client.get("/metrics", headers=ALPHA)).text)
+        samples = await wait_metric(
+            client, "videoflow_webhook_deliveries", '{status="notified"}', 1
+        )
+        assert dict(samples["videoflow_webhook_deliveries"]) == {
+            **outbox,
+            '{status="notified"}': 1.0,
+        }
+        latency = dict(samples["videoflow_webhook_delivery_latency_seconds"])
+        assert all(math.isnan(v) for v in latency.values())
         executions = dict(samples["videoflow_executions"])
         assert executions['{status="completed"}'] == 1
         assert executions['{status="failed"}'] == 0
@@ -776,6 +824,211 @@ async def test_metrics_are_prometheus_text(tmp_path: Path) -> None:
         for name in ("videoflow_queue_depth", "videoflow_live_executions"):
             assert name in samples
         assert dict(samples["videoflow_http_responses_total"])['{code="202"}'] == 1
+
+
+# --- webhook deliveries --------------------------------------------------------------------------
+
+
+async def wait_deliveries(
+    client: httpx.AsyncClient, execution_id: str, count: int
+) -> list[dict[str, Any]]:
+    """Poll ``GET /api/execute/{id}`` until its delivery log has ``count`` attempts."""
+    with anyio.fail_after(10):
+        while True:
+            response = await client.get(f"/api/execute/{execution_id}", headers=ALPHA)
+            assert response.status_code == 200, response.text
+            deliveries = response.json()["webhook"]["deliveries"]
+            if len(deliveries) >= count:
+                assert len(deliveries) == count, deliveries
+                return cast(list[dict[str, Any]], deliveries)
+            await anyio.sleep(0.01)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_the_delivery_log_is_shown_and_redeliver_sends_the_same_event(
+    tmp_path: Path, durable: bool
+) -> None:
+    secret = "hook-secret-never-shown"
+    async with (
+        webhook_receiver() as receiver,
+        live_api(tmp_path / "e.db" if durable else None, http_notifier=loopback_notifier()) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        # Credentials in the URL are used to deliver, and never shown.
+        url = receiver.url.replace("http://", "http://hook-user:hook-pass@")
+        execution_id = await submit(client, {**PLAN, "webhook": {"url": url, "secret": secret}})
+        await wait_status(client, execution_id, ["completed"])
+        (first,) = await receiver.wait_for(1)
+        payload = verify_webhook(first.body, first.headers, secret)
+        assert payload["executionId"] == execution_id and payload["status"] == "completed"
+        assert first.webhook_id.startswith("evt_")
+
+        (attempt,) = await wait_deliveries(client, execution_id, 1)
+        assert attempt == {
+            "eventId": first.webhook_id,
+            "attempt": 1,
+            "at": attempt["at"],
+            "statusCode": 200,
+            "error": None,
+            "latency": attempt["latency"],
+            "outcome": "delivered",
+            "retryAt": None,
+            "url": receiver.url,
+        }
+        assert 0 <= attempt["latency"] < 10
+        assert _time(attempt["at"]).timestamp() <= first.at + 1
+        shown = await client.get(f"/api/execute/{execution_id}", headers=ALPHA)
+        assert shown.json()["webhook"]["url"] == receiver.url
+        for hidden in (secret, "hook-pass", "hook-user", "***"):
+            assert hidden not in shown.text
+
+        samples = await wait_metric(
+            client, "videoflow_webhook_deliveries", '{status="delivered"}', 1
+        )
+        assert dict(samples["videoflow_webhook_deliveries"])['{status="pending"}'] == 0
+        latency = dict(samples["videoflow_webhook_delivery_latency_seconds"])
+        assert 0 <= latency['{quantile="0.5"}'] <= latency['{quantile="0.99"}'] < 10
+
+        redeliver = await client.post(f"/api/execute/{execution_id}/redeliver", headers=ALPHA)
+        assert redeliver.status_code == 202, redeliver.text
+        assert redeliver.json()["executionId"] == execution_id
+        second = (await receiver.wait_for(2))[1]
+        assert second.webhook_id == first.webhook_id
+        assert verify_webhook(second.body, second.headers, secret) == payload
+        log = await wait_deliveries(client, execution_id, 2)
+        assert log[0] == attempt
+        assert log[1]["eventId"] == first.webhook_id
+        assert (log[1]["attempt"], log[1]["outcome"], log[1]["statusCode"]) == (2, "delivered", 200)
+        assert log[0]["at"] <= log[1]["at"]
+        samples = await wait_metric(
+            client, "videoflow_webhook_deliveries", '{status="delivered"}', 1
+        )
+        assert dict(samples["videoflow_webhook_deliveries"])['{status="pending"}'] == 0
+
+
+async def test_a_failed_attempt_then_a_delivered_one(tmp_path: Path) -> None:
+    async with (
+        webhook_receiver([500, 200]) as receiver,
+        live_api(tmp_path / "e.db", http_notifier=loopback_notifier((0, 0, 0))) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        execution_id = await submit(client, {**PLAN, "webhook": {"url": receiver.url}})
+        received = await receiver.wait_for(2)
+        assert [r.status for r in received] == [500, 200]
+        assert received[0].webhook_id == received[1].webhook_id
+        retry, delivered = await wait_deliveries(client, execution_id, 2)
+        assert retry["eventId"] == delivered["eventId"] == received[0].webhook_id
+        assert (retry["attempt"], retry["outcome"], retry["statusCode"]) == (1, "retry", 500)
+        assert retry["error"] == "HTTP 500"
+        assert retry["retryAt"] is not None and retry["at"] <= retry["retryAt"]
+        assert (delivered["attempt"], delivered["outcome"]) == (2, "delivered")
+        assert delivered["statusCode"] == 200 and delivered["error"] is None
+        assert delivered["retryAt"] is None
+        assert retry["retryAt"] <= delivered["at"]
+        await wait_metric(client, "videoflow_webhook_deliveries", '{status="delivered"}', 1)
+
+
+async def test_redeliver_needs_an_ended_execution_with_a_webhook(tmp_path: Path) -> None:
+    gate = anyio.Event()
+
+    async def hold(request: JobRequest) -> None:
+        await gate.wait()
+
+    provider = FakeVideoProvider(on_call=hold)
+    async with (
+        live_api(tmp_path / "e.db", provider=provider) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        hooked = await submit(client, {**PLAN, "webhook": {"url": "https://example.com/h"}})
+        running = await client.post(f"/api/execute/{hooked}/redeliver", headers=ALPHA)
+        assert_problem(running, 409, "invalid-state")
+        gate.set()
+        await wait_status(client, hooked, ["completed"])
+        (first,) = await live.notifier.wait_for(1)
+        again = await client.post(f"/api/execute/{hooked}/redeliver", headers=ALPHA)
+        assert again.status_code == 202 and again.json()["executionId"] == hooked
+        second = (await live.notifier.wait_for(2))[1]
+        assert second.event_id == first.event_id and second.payload == first.payload
+
+        bare = await submit(client)
+        await wait_status(client, bare, ["completed"])
+        no_hook = await client.post(f"/api/execute/{bare}/redeliver", headers=ALPHA)
+        assert_problem(no_hook, 409, "invalid-state")
+        assert (await client.get(f"/api/execute/{bare}", headers=ALPHA)).json()["webhook"] is None
+
+
+async def test_redeliver_leaves_a_completed_execution_as_it_was(tmp_path: Path) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        live_api(tmp_path / "e.db", http_notifier=loopback_notifier()) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        execution_id = await submit(client, {**PLAN, "webhook": {"url": receiver.url}})
+        await wait_status(client, execution_id, ["completed"])
+        await wait_deliveries(client, execution_id, 1)
+        before = (await client.get(f"/api/execute/{execution_id}", headers=ALPHA)).json()
+        redeliver = await client.post(f"/api/execute/{execution_id}/redeliver", headers=ALPHA)
+        assert redeliver.json() == {"executionId": execution_id, "status": "completed"}
+        await wait_deliveries(client, execution_id, 2)
+        after = (await client.get(f"/api/execute/{execution_id}", headers=ALPHA)).json()
+        del before["webhook"], after["webhook"]
+        assert after == before
+
+
+async def test_redeliver_does_not_run_a_failed_execution_again(tmp_path: Path) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        live_api(tmp_path / "e.db", http_notifier=loopback_notifier()) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        live.provider.fail_next("job1", retryable=False)
+        execution_id = await submit(client, {**PLAN, "webhook": {"url": receiver.url}})
+        await wait_status(client, execution_id, ["failed"])
+        calls = len(live.provider.calls)
+        redeliver = await client.post(f"/api/execute/{execution_id}/redeliver", headers=ALPHA)
+        assert redeliver.json() == {"executionId": execution_id, "status": "failed"}
+        first, second = await receiver.wait_for(2)
+        assert first.webhook_id == second.webhook_id
+        await wait_deliveries(client, execution_id, 2)
+        assert (await wait_status(client, execution_id, ["failed"]))["status"] == "failed"
+        assert len(live.provider.calls) == calls
+        # The engine still runs.
+        await wait_status(client, await submit(client), ["completed"])
+
+
+async def test_the_delivery_log_never_shows_credentials_or_the_secret() -> None:
+    """A second guard behind the notifier's: userinfo left in an attempt's URL, or a secret in
+    its error text, is removed when shown."""
+    secret = "s3cret-value"
+    engine = Engine.in_memory(notifier=RecordingNotifier())
+    async with engine:
+        execution_id = await engine.submit(
+            PLAN, webhook={"url": "https://us%65r:p%40ss@example.com/h", "secret": secret}
+        )
+        execution = await engine.get(execution_id)
+    attempt = DeliveryAttempt(
+        event_id="evt_1",
+        execution_id=execution_id,
+        url="https://user:p@ss@example.com/h?x=1",
+        attempt=1,
+        at=1_700_000_000.0,
+        status_code=None,
+        error=f"failed for {secret} at https://user:p@ss@example.com and user:p%40ss",
+        latency=0.5,
+        outcome="failed",
+    )
+    shown = execution_to_json(execution, deliveries=[attempt])
+    text = json.dumps(shown)
+    for hidden in (secret, "p@ss", "p%40ss", "us%65r", "user:p"):
+        assert hidden not in text, hidden
+    webhook = shown["webhook"]
+    assert webhook["url"] == "https://example.com/h"
+    assert webhook["deliveries"][0]["url"] == "https://example.com/h?x=1"
+    assert webhook["deliveries"][0]["at"] == "2023-11-14T22:13:20.000Z"
 
 
 # --- internal failures ---------------------------------------------------------------------------

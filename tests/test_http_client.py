@@ -80,7 +80,11 @@ async def test_example_1_base_and_variants_with_webhooks(tmp_path: Path) -> None
         shown = await client.get(french.id)
         assert [j["type"] for j in shown["jobs"]] == ["lipSync", "addSubtitles"]
         assert shown["baseExecutionId"] == base.id
-        assert shown["webhook"] == {"url": "https://api.example.com/webhook/french"}
+        # The recording notifier makes no HTTP attempt: an empty delivery log.
+        assert shown["webhook"] == {
+            "url": "https://api.example.com/webhook/french",
+            "deliveries": [],
+        }
         merge_done = next(
             c.finished_at for c in live.provider.calls_for(base.id) if c.type == "merge"
         )

@@ -17,13 +17,13 @@ import httpx
 import pytest
 import schemathesis
 from anyio.from_thread import start_blocking_portal
-from http_support import live_api
+from http_support import live_api, loopback_notifier, webhook_receiver
 from hypothesis import strategies as st
 
 from contrib.openapi import openapi_document
 
 CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci"
-#: Cases per operation; 5 operations have rich inputs, 3 (healthz, metrics, openapi) few.
+#: Cases per operation; 6 operations have rich inputs, 3 (healthz, metrics, openapi) few.
 MAX_EXAMPLES = 260 if CI else 25
 MIN_CASES = 1000 if CI else 100
 
@@ -33,14 +33,32 @@ calls: Counter[str] = Counter()
 #: Executions that exist (alpha's completed, failed and cancelled ones, and one of beta's), so
 #: that the routes taking an id are also tried on real ids, not only on ids that are missing.
 real_ids: list[str] = []
+#: Alpha's completed executions with a webhook and a delivery log: one delivered, one given up
+#: after three 500s, one refused (a private address, no attempt to connect).
+hooked_ids: list[str] = []
 PLAN = {"jobs": [{"id": "job1", "type": "generate", "params": {"prompt": "x"}}]}
 
 
-def _submit(client: httpx.Client, key: str) -> str:
-    response = client.post("/api/execute", json=PLAN, headers={"Authorization": f"Bearer {key}"})
+def _submit(client: httpx.Client, key: str, webhook: str | None = None) -> str:
+    body: dict[str, Any] = dict(PLAN)
+    if webhook is not None:
+        body["webhook"] = {"url": webhook, "secret": "never-shown"}
+    response = client.post("/api/execute", json=body, headers={"Authorization": f"Bearer {key}"})
     response.raise_for_status()
     execution_id: str = response.json()["executionId"]
     return execution_id
+
+
+def _delivered(client: httpx.Client, execution_id: str, outcome: str) -> None:
+    for _ in range(500):
+        execution = client.get(
+            f"/api/execute/{execution_id}", headers={"Authorization": "Bearer key-alpha"}
+        ).json()
+        deliveries = execution["webhook"]["deliveries"]
+        if deliveries and deliveries[-1]["outcome"] == outcome:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{execution_id}'s webhook was not {outcome}")
 
 
 def _ended(client: httpx.Client, execution_id: str) -> None:
@@ -60,7 +78,11 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db = tmp_path_factory.mktemp("schemathesis") / "engine.db"
     with (
         start_blocking_portal(backend="asyncio") as portal,
-        portal.wrap_async_context_manager(live_api(db, rate_limit=None)) as live,
+        portal.wrap_async_context_manager(webhook_receiver([200])) as accepting,
+        portal.wrap_async_context_manager(webhook_receiver([500])) as refusing,
+        portal.wrap_async_context_manager(
+            live_api(db, rate_limit=None, http_notifier=loopback_notifier((0, 0, 0)))
+        ) as live,
         httpx.Client(base_url=live.url) as client,
     ):
         completed = _submit(client, "key-alpha")
@@ -74,6 +96,16 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
         _ended(client, cancelled)
         real_ids[:] = [completed, failed, cancelled, _submit(client, "key-beta")]
+        hooked: list[str] = []
+        for url, outcome in (
+            (accepting.url, "delivered"),
+            (refusing.url, "failed"),
+            ("http://10.255.255.1/hook", "failed"),
+        ):
+            hooked.append(_submit(client, "key-alpha", webhook=url))
+            _ended(client, hooked[-1])
+            _delivered(client, hooked[-1], outcome)
+        hooked_ids[:] = hooked
         yield live.url
 
 
@@ -100,9 +132,10 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None
     """Half the time, swap a generated id for a real one."""
     if not path_parameters or "id" not in path_parameters or not real_ids:
         return st.just(path_parameters)
+    ids = real_ids + hooked_ids
     return st.one_of(
         st.just(path_parameters),
-        st.sampled_from(real_ids).map(lambda real: {**path_parameters, "id": real}),
+        st.sampled_from(ids).map(lambda real: {**path_parameters, "id": real}),
     )
 
 
@@ -128,6 +161,7 @@ def test_enough_cases_ran() -> None:
             "GET /api/execute/{id} 200",
             "POST /api/execute/{id}/cancel 202",
             "POST /api/execute/{id}/resume 409",
+            "POST /api/execute/{id}/redeliver 409",
             "GET /metrics 200",
         ):
             assert calls[route] > 0, (route, calls)
