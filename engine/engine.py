@@ -378,7 +378,14 @@ class Engine:
         return execution
 
     async def status(self, execution_id: str, *, tenant: str | None = None) -> StatusReport:
-        """The seed's status body for one execution."""
+        """The seed's status body for one execution.
+
+        An execution this engine is running is answered from the scheduler's state, without a
+        read of the store (status polling is the hottest read there is); any other from the store.
+        """
+        live = self.scheduler.live_status(execution_id, tenant)
+        if live is not None:
+            return live
         return (await self.get(execution_id, tenant=tenant)).status_report()
 
     async def cancel(self, execution_id: str, *, tenant: str | None = None) -> None:

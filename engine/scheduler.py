@@ -41,6 +41,7 @@ from engine.models import (
     JobStatus,
     JobUpdate,
     Progress,
+    StatusReport,
     Video,
     Webhook,
     percent,
@@ -244,6 +245,20 @@ class Scheduler:
     def progress(self, execution_id: str) -> Progress | None:
         live = self._executions.get(execution_id)
         return None if live is None else live.progress()
+
+    def live_status(self, execution_id: str, tenant: str | None) -> StatusReport | None:
+        """The status of a live execution of ``tenant``; ``None`` if it is not live here."""
+        live = self._executions.get(execution_id)
+        if live is None or live.tenant != tenant:
+            return None
+        progress = live.progress()
+        return StatusReport(
+            status=progress.status,
+            progress=progress.percent,
+            total_jobs=progress.total_jobs,
+            completed_jobs=progress.completed_jobs,
+            current_job=progress.current_job,
+        )
 
     def live_executions(self) -> list[str]:
         return list(self._executions)

@@ -441,3 +441,20 @@ async def test_cancel_while_a_job_start_is_written_stops_the_job() -> None:
         await anyio.wait_all_tasks_blocked()
         assert (await engine.get(execution_id)).status == "cancelled"
     assert provider.calls == []
+
+
+async def test_status_of_a_running_execution_matches_the_store() -> None:
+    gate = Gate("job2")
+    async with make_engine(FakeVideoProvider(on_call=gate), concurrency=2) as engine:
+        execution_id = await engine.submit(
+            compose(generate_video(prompt="a"), reframe(aspect_ratio="1:1")).plan()
+        )
+        await anyio.wait_all_tasks_blocked()
+        live = await engine.status(execution_id)
+        stored = (await engine.get(execution_id)).status_report()
+        with pytest.raises(UnknownExecution):
+            await engine.status(execution_id, tenant="someone else")
+        gate.release.set()
+    assert live == stored
+    assert (live.status, live.current_job, live.completed_jobs) == ("processing", "job2", 1)
+    assert live.to_json()["progress"] == 50.0
