@@ -285,29 +285,19 @@ class App:
         return _json_response(200, execution_to_json(execution, deliveries=deliveries))
 
     async def _cancel(self, request: _Request) -> Response:
-        execution_id = _known_id(request.execution_id)
-        try:
-            await self.engine.cancel(execution_id, tenant=request.tenant)
-            execution = await self.engine.get(execution_id, tenant=request.tenant)
-        except UnknownExecution:
-            raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
-        return _json_response(202, {"executionId": execution_id, "status": execution.status})
+        return await self._act(request, self.engine.cancel)
 
     async def _resume(self, request: _Request) -> Response:
-        execution_id = _known_id(request.execution_id)
-        try:
-            await self.engine.resume(execution_id, tenant=request.tenant)
-            execution = await self.engine.get(execution_id, tenant=request.tenant)
-        except UnknownExecution:
-            raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
-        except InvalidState as exc:
-            raise HttpProblem(INVALID_STATE, str(exc)) from None
-        return _json_response(202, {"executionId": execution_id, "status": execution.status})
+        return await self._act(request, self.engine.resume)
 
     async def _redeliver(self, request: _Request) -> Response:
+        return await self._act(request, self.engine.redeliver)
+
+    async def _act(self, request: _Request, action: Callable[..., Awaitable[None]]) -> Response:
+        """Run an engine action on one execution: ``202 {"executionId", "status"}``."""
         execution_id = _known_id(request.execution_id)
         try:
-            await self.engine.redeliver(execution_id, tenant=request.tenant)
+            await action(execution_id, tenant=request.tenant)
             execution = await self.engine.get(execution_id, tenant=request.tenant)
         except UnknownExecution:
             raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None

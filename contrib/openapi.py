@@ -455,11 +455,15 @@ def openapi_document(*, title: str = "videoflow engine", version: str = "0.1.0")
             "post": {
                 "operationId": "cancelExecution",
                 "summary": "Cancel an unfinished execution (an ended one is left as it is).",
-                "description": "A request body, if any, is ignored.",
+                "description": (
+                    "409 when another engine sharing the store runs the execution. A request "
+                    "body, if any, is ignored."
+                ),
                 "parameters": [_ID_PARAMETER],
                 "responses": _responses(
                     r202=_json("ExecutionStatusAccepted", "Cancelled, or already ended."),
                     r404="NotFound",
+                    r409="InvalidState",
                     **authed,
                 ),
             }
