@@ -703,6 +703,8 @@ class Engine:
         async def record(attempt: DeliveryAttempt) -> None:
             await self.storage.apply([DeliveryRecorded(attempt)], owner=self.owner)
             last[:] = [attempt]
+            if attempt.outcome != "retry":
+                self._sending.discard(notification.event_id)  # a redeliver may start now
             if attempt.outcome == "delivered":
                 ended_at = self._completed_at.pop(attempt.execution_id, None)
                 if ended_at is not None:
