@@ -50,6 +50,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 
@@ -483,6 +484,10 @@ class World:
     index_of: dict[str, int] = field(factory=dict)
     plans: list[ExecutionPlan] = field(factory=list)
     base_of: list[int | None] = field(factory=list)
+    #: The executions as last read from the store; log position read up to; read them all next.
+    stored: dict[str, Execution | None] = field(factory=dict)
+    observed: int = 0
+    reread: bool = True
     inflight: int = 0
     activity: int = 0
     idle: anyio.Event = field(factory=anyio.Event)
@@ -580,17 +585,18 @@ class World:
         return slot
 
     def start_engine(self, lease: float, sweep_interval: float, now: float) -> Slot:
-        portal = self._portal()
+        portal = self.loop()
         slot = portal.call(self._new_slot, lease, sweep_interval, now)
         slot.host, _ = portal.start_task(_host, slot.engine, slot.stop)
         portal.call(self.settle)
+        self.reread = True
         return slot
 
     def stop_engine(self, slot: Slot) -> None:
         if slot.stopped or slot.host is None:
             return
         slot.stopped = True
-        portal = self._portal()
+        portal = self.loop()
         portal.call(slot.stop.set)
         slot.host.result()
         portal.call(self.settle)
@@ -613,7 +619,8 @@ class World:
                 slot.host.result()
                 raise AssertionError(f"{slot.owner} stopped on its own")
 
-    def _portal(self) -> BlockingPortal:
+    def loop(self) -> BlockingPortal:
+        """The portal into this world's event loop."""
         assert self.portal is not None
         return self.portal
 
@@ -625,7 +632,7 @@ class World:
             await self.settle()
             return result
 
-        return self._portal().call(run)
+        return self.loop().call(run)
 
     # --- steps (in the loop) --------------------------------------------------------------------
 
@@ -673,9 +680,23 @@ class World:
         executions = [await self.current.engine.storage.get(i) for i in self.ids]
         return frozenset(e.id for e in executions if e is not None and e.status not in TERMINAL)
 
-    async def observe(self) -> Observation:
-        storage = self.current.engine.storage
-        executions = tuple([await storage.get(execution_id) for execution_id in self.ids])
+    async def observe(self, *, everything: bool = False) -> Observation:
+        """Read the executions the last step wrote to (all of them after a new engine opened
+        the store, and when ``everything``), and what runs."""
+        if everything or self.reread:
+            stale: Collection[str] = self.ids
+        else:
+            stale = {
+                change.execution_id
+                for event in self.log[self.observed :]
+                if isinstance(event, Wrote)
+                for change in event.changes
+            }
+            stale |= {i for i in self.ids if i not in self.stored}
+        for execution_id in stale:
+            self.stored[execution_id] = await self.current.engine.storage.get(execution_id)
+        self.observed, self.reread = len(self.log), False
+        executions = tuple(self.stored[execution_id] for execution_id in self.ids)
         gates = tuple(sorted((e, self.index_of[x], j, a) for e, x, j, a in self.gates))
         return Observation(
             executions=executions,
@@ -906,6 +927,8 @@ class World:
 
 MAX_SUBMISSIONS = 6
 MAX_TAKEOVERS = 2
+#: Restarts are the dearest step (an engine stops, another opens the store): a few are enough.
+MAX_RESTARTS = 4
 #: Enough for any retry to fall due (delays 1, 2 with this policy) and for a sweep.
 DRAIN_ADVANCE = 2 * SWEEP_INTERVAL
 DRAIN_STEPS = 400
@@ -920,6 +943,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.worlds: list[World] = []
         self.seen: Observation | None = None  # the reference world's, after the last step
         self.takeovers = 0
+        self.restarts = 0
         #: Every step so far passed its checks: teardown may drain and check again.
         self.steady = False
 
@@ -953,7 +977,7 @@ class EngineMachine(RuleBasedStateMachine):
         digests = []
         for world in self.worlds:
             world.check_engines_run()
-            seen = world._portal().call(world.observe)
+            seen = world.loop().call(partial(world.observe, everything=drained))
             world.check_log()
             world.check_state(seen, drained=drained)
             digests.append(world.digest(seen))
@@ -1043,10 +1067,14 @@ class EngineMachine(RuleBasedStateMachine):
     def advance_clock(self, seconds: float) -> None:
         self.each(lambda w: w.step(lambda: w.advance(seconds)))
 
+    @precondition(
+        lambda self: self.restarts < MAX_RESTARTS and bool(self.statuses("pending", "processing"))
+    )
     @rule()
     def restart(self) -> None:
         """Leave ``async with`` and start a new engine (a new owner) on the same store: the
         unfinished work, including jobs that were running, continues there."""
+        self.restarts += 1
         if self.reference.gates:
             hypothesis.event("restart with jobs running")
 
@@ -1058,18 +1086,18 @@ class EngineMachine(RuleBasedStateMachine):
 
         self.each(restart)
 
-    @precondition(lambda self: self.takeovers < MAX_TAKEOVERS)
+    @precondition(
+        lambda self: self.takeovers < MAX_TAKEOVERS and bool(self.statuses("pending", "processing"))
+    )
     @rule()
     def take_over(self) -> None:
         """The current engine hangs (its clock stops; it is left running); a second engine on
         the same store, with a short lease, takes its work once its lease expired."""
         self.takeovers += 1
-        if self.statuses("pending", "processing"):
-            hypothesis.event("take over unfinished work")
 
         def take_over(world: World) -> str:
             old = world.current
-            old.taken = world._portal().call(world.unfinished_ids)
+            old.taken = world.loop().call(world.unfinished_ids)
             old.paused_at = len(world.log)
             world.start_engine(SHORT_LEASE, SHORT_SWEEP_INTERVAL, old.clock.now())
             # Past every lease the old engine holds (it renewed them, at most, at its now).
