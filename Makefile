@@ -20,6 +20,7 @@ test: lint typecheck pytest
 lint: $(STAMP)
 	$(BIN)/ruff check engine adapters contrib tests benchmarks
 	$(BIN)/ruff format --check engine adapters contrib tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy engine adapters contrib tests benchmarks

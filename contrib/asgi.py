@@ -27,18 +27,12 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes
 
 from contrib import metrics as prometheus
 from contrib.auth import KeyRing, RateLimiter
 from contrib.body import ClientDisconnected, parse_json, read_body
-from contrib.openapi import (
-    IDEMPOTENCY_KEY_PATTERN,
-    MAX_WEBHOOK_SECRET,
-    MAX_WEBHOOK_URL,
-    WEBHOOK_URL_PATTERN,
-    openapi_document,
-)
+from contrib.openapi import IDEMPOTENCY_KEY_PATTERN, openapi_document
 from contrib.problems import (
     IDEMPOTENCY_CONFLICT,
     IDEMPOTENCY_IN_PROGRESS,
@@ -65,6 +59,7 @@ from engine.errors import (
     UnknownExecution,
 )
 from engine.models import Webhook
+from engine.requests import webhook_problems
 
 log = logging.getLogger("contrib.asgi")
 
@@ -77,7 +72,6 @@ _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: Status bodies of completed executions kept, by (tenant, id).
 _COMPLETED_CACHE = 10_000
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
-_WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN.strip("^$"))
 _JSON_TYPE = b"application/json"
 _NO_SUCH_EXECUTION = "no such execution"
 _NO_SUCH_BASE = "baseExecutionId names no such execution"
@@ -462,7 +456,7 @@ def _plan_and_webhook(obj: Any) -> tuple[Mapping[str, Any], Webhook | None]:
     raw = obj.pop("webhook", _MISSING)
     if raw is _MISSING:
         return obj, None
-    webhook, problems = _webhook(raw)
+    webhook, problems = webhook_problems(raw)
     if problems:
         from engine.plan import ExecutionPlan
 
@@ -472,51 +466,6 @@ def _plan_and_webhook(obj: Any) -> tuple[Mapping[str, Any], Webhook | None]:
             problems.extend(exc.problems)
         raise _plan_problem(problems)
     return obj, webhook
-
-
-def _webhook(raw: Any) -> tuple[Webhook | None, list[Problem]]:
-    shape = "must be an object {url, secret?}"
-    if not isinstance(raw, dict):
-        return None, [Problem(None, "webhook", shape)]
-    problems = [
-        Problem(None, f"webhook.{key}", f"unknown field; the webhook {shape}")
-        for key in raw
-        if key not in ("url", "secret")
-    ]
-    url, secret = raw.get("url"), raw.get("secret")
-    if not isinstance(url, str):
-        problems.append(Problem(None, "webhook.url", "is required: an http(s) URL"))
-    elif len(url) > MAX_WEBHOOK_URL or not _WEBHOOK_URL.fullmatch(url) or not _has_host(url):
-        problems.append(
-            Problem(
-                None,
-                "webhook.url",
-                f"must be an absolute http(s) URL with a host, in ASCII, at most "
-                f"{MAX_WEBHOOK_URL} characters",
-            )
-        )
-    if "secret" in raw and not (isinstance(secret, str) and 0 < len(secret) <= MAX_WEBHOOK_SECRET):
-        problems.append(
-            Problem(
-                None,
-                "webhook.secret",
-                f"must be a string of 1 to {MAX_WEBHOOK_SECRET} characters",
-            )
-        )
-    if problems:
-        return None, problems
-    assert isinstance(url, str)
-    return Webhook(url, secret if isinstance(secret, str) else None), []
-
-
-def _has_host(url: str) -> bool:
-    """Whether ``url`` has a host and, if it names one, a valid port."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a bad port)
-        return bool(parts.hostname)
-    except ValueError:
-        return False
 
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_RATE_LIMIT", "App", "create_app"]

@@ -8,24 +8,16 @@ such as that ``dependsOn`` names jobs of the plan; those answer 422).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from contrib.problems import KINDS, MEDIA_TYPE
-from engine.plan import (
-    MAX_DURATION,
-    MAX_ID_LENGTH,
-    MAX_JOBS,
-    MAX_PROMPT_LENGTH,
-    MAX_TRANSITION_DURATION,
-    TRANSITIONS,
-)
+from engine.catalogue import CUE_SCHEMA, MAX_ID_LENGTH, MAX_JOBS, OPERATIONS, OperationSpec
+from engine.models import ExecutionStatus
+from engine.requests import MAX_WEBHOOK_SECRET, MAX_WEBHOOK_URL, WEBHOOK_URL_PATTERN
 
-#: Limits the app puts on what the engine itself does not bound.
-MAX_WEBHOOK_URL = 2048
-MAX_WEBHOOK_SECRET = 1024
+#: What the app puts on what the engine itself does not bound.
 IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
-WEBHOOK_URL_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$"
-STATUSES = ["pending", "processing", "completed", "failed", "cancelled"]
+STATUSES = list(get_args(ExecutionStatus))
 
 _REF = "#/components/schemas/"
 
@@ -53,28 +45,23 @@ def _job(kind: str, params: dict[str, Any], *, params_required: bool) -> dict[st
     }
 
 
-def _params(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema: dict[str, Any] = {
+def _schema_name(spec: OperationSpec) -> str:
+    """``lipSync`` -> ``LipSyncJob``."""
+    return spec.type[0].upper() + spec.type[1:] + "Job"
+
+
+def _operation(spec: OperationSpec) -> dict[str, Any]:
+    """The schema of one job type, read from the catalogue of operations."""
+    params: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
-        "properties": properties,
+        "properties": {p.name: dict(p.schema) for p in spec.params},
     }
+    required = [p.name for p in spec.params if p.required]
     if required:
-        schema["required"] = required
-    return schema
+        params["required"] = required
+    return _job(spec.type, params, params_required=bool(required))
 
-
-def _seconds(maximum: float) -> dict[str, Any]:
-    return {"type": "number", "exclusiveMinimum": 0, "maximum": maximum}
-
-
-_ASPECT = {
-    "type": "string",
-    "pattern": "^[0-9]{1,5}:[0-9]{1,5}$",
-    "description": "W:H, each side 1 to 10000.",
-    "examples": ["16:9"],
-}
-_URL = {"type": "string", "description": "An http(s):// URL with a host, or a file:// URL."}
 
 SCHEMAS: dict[str, Any] = {
     "JobId": {
@@ -83,64 +70,9 @@ SCHEMAS: dict[str, Any] = {
         "maxLength": MAX_ID_LENGTH,
         "pattern": "^[A-Za-z0-9_.-]+$",
     },
-    "GenerateJob": _job(
-        "generate",
-        _params(
-            {
-                "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_LENGTH},
-                "duration": _seconds(MAX_DURATION),
-                "aspectRatio": _ASPECT,
-            },
-            ["prompt"],
-        ),
-        params_required=True,
-    ),
-    "MergeJob": _job(
-        "merge",
-        _params(
-            {
-                "transition": {"enum": list(TRANSITIONS)},
-                "transitionDuration": _seconds(MAX_TRANSITION_DURATION),
-            },
-            [],
-        ),
-        params_required=False,
-    ),
-    "LipSyncJob": _job("lipSync", _params({"audioUrl": _URL}, ["audioUrl"]), params_required=True),
-    "AddSubtitlesJob": _job(
-        "addSubtitles",
-        _params(
-            {
-                "language": {"type": "string", "description": "A BCP 47 tag such as 'fr'."},
-                "cues": {"type": "array", "items": _ref("Cue")},
-                "srtUrl": _URL,
-            },
-            ["language"],
-        ),
-        params_required=True,
-    ),
-    "ReframeJob": _job(
-        "reframe", _params({"aspectRatio": _ASPECT}, ["aspectRatio"]), params_required=True
-    ),
-    "Cue": {
-        "type": "object",
-        "required": ["start", "end", "text"],
-        "additionalProperties": False,
-        "properties": {
-            "start": {"type": "number", "minimum": 0},
-            "end": {"type": "number", "exclusiveMinimum": 0},
-            "text": {"type": "string", "minLength": 1},
-        },
-    },
-    "Job": {
-        "oneOf": [
-            _ref("GenerateJob"),
-            _ref("MergeJob"),
-            _ref("LipSyncJob"),
-            _ref("AddSubtitlesJob"),
-            _ref("ReframeJob"),
-        ]
-    },
+    **{_schema_name(spec): _operation(spec) for spec in OPERATIONS.values()},
+    "Cue": dict(CUE_SCHEMA),
+    "Job": {"oneOf": [_ref(_schema_name(spec)) for spec in OPERATIONS.values()]},
     "Webhook": {
         "type": "object",
         "required": ["url"],

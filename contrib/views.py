@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
+from engine import wire
 from engine.models import DeliveryAttempt, ErrorInfo, Execution, JobInfo, Video, Webhook
-from engine.wire import error_to_json, video_to_json
 
 #: ``scheme://`` and the userinfo of the authority (up to its last ``@``, before any ``/?#``).
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
@@ -63,11 +63,11 @@ def _redact(text: str | None, secrets: Sequence[str]) -> str | None:
 
 
 def _video(video: Video | None) -> dict[str, Any] | None:
-    return None if video is None else video_to_json(video)
+    return None if video is None else wire.to_json(video)
 
 
 def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
-    return None if error is None else error_to_json(error)
+    return None if error is None else wire.to_json(error)
 
 
 def job_to_json(job: JobInfo) -> dict[str, Any]:

@@ -43,7 +43,15 @@ from engine.models import (
     Webhook,
 )
 from engine.plan import ExecutionPlan, JobSpec
-from engine.ports import JobQueue, Notifier, Storage, VideoProvider
+from engine.ports import (
+    ExecutionRecords,
+    JobQueue,
+    LeaseStore,
+    Notifier,
+    OutboxStore,
+    Storage,
+    VideoProvider,
+)
 from engine.retry import RetryPolicy
 from engine.webhooks import verify_webhook
 
@@ -57,6 +65,7 @@ __all__ = [
     "Execution",
     "ExecutionFailed",
     "ExecutionPlan",
+    "ExecutionRecords",
     "IdempotencyConflict",
     "InvalidSignature",
     "InvalidState",
@@ -64,10 +73,12 @@ __all__ = [
     "JobQueue",
     "JobRequest",
     "JobSpec",
+    "LeaseStore",
     "ManualClock",
     "Notification",
     "Notifier",
     "Operation",
+    "OutboxStore",
     "Pipeline",
     "PipelineExecution",
     "PlanError",

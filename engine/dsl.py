@@ -9,28 +9,22 @@ joins every clip not yet joined; a transform (:func:`lip_sync`, :func:`add_subti
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from attrs import define, field, frozen
 
+from engine.catalogue import OPERATIONS, TRANSFORMS
 from engine.errors import PlanError, Problem
+from engine.execute import execute_pipeline
+from engine.handle import PipelineExecution
 from engine.models import Progress
-from engine.plan import TRANSFORMS, ExecutionPlan, JobSpec
-
-if TYPE_CHECKING:
-    from engine.handle import PipelineExecution
+from engine.plan import ExecutionPlan, JobSpec
 
 Transition = Literal["none", "crossfade", "fade"]
 #: Called with each :class:`~engine.models.Progress`; may be a plain or an async callable.
 ProgressCallback = Callable[[Progress], object]
 
-_NAMES = {
-    "generate": "generate_video",
-    "merge": "merge",
-    "lipSync": "lip_sync",
-    "addSubtitles": "add_subtitles",
-    "reframe": "reframe",
-}
+_NAMES = {kind: spec.function for kind, spec in OPERATIONS.items()}
 
 
 @frozen
@@ -145,8 +139,6 @@ class Pipeline:
 
         ``api_url`` and ``api_key`` build an ``EngineClient`` when no target is given.
         """
-        from engine.handle import execute_pipeline
-
         return await execute_pipeline(
             self,
             target,

@@ -19,10 +19,12 @@ Adapters translate their drivers' errors (``sqlite3``, ``httpx``) into these at 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from attrs import frozen
+
+from engine import wire
 
 
 class EngineError(Exception):
@@ -42,7 +44,8 @@ class Problem:
         return f"{where}, {self.field}: {self.message}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"jobId": self.job_id, "field": self.field, "message": self.message}
+        """``{"jobId", "field", "message"}``, as problem bodies list it."""
+        return wire.to_json(self)  # type: ignore[no-any-return]
 
 
 class PlanError(EngineError):
@@ -119,7 +122,3 @@ class LeaseLost(StorageError):
         self.execution_ids: frozenset[str] = frozenset(execution_ids)
         listed = ", ".join(sorted(self.execution_ids))
         super().__init__(f"lease lost on executions: {listed}")
-
-
-def problems_to_json(problems: Iterable[Problem]) -> list[Mapping[str, Any]]:
-    return [p.to_json() for p in problems]

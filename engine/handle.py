@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import anyio
 
 from engine.errors import EngineError, ExecutionFailed
 from engine.models import (
     TERMINAL,
+    Ended,
     ErrorInfo,
     ExecutionStatus,
     Progress,
@@ -18,10 +19,6 @@ from engine.models import (
     Video,
     Webhook,
 )
-
-if TYPE_CHECKING:
-    from engine.dsl import Pipeline
-    from engine.scheduler import Ended
 
 ProgressCallback = Callable[[Progress], Any]
 CompleteCallback = Callable[[Video], Any]
@@ -252,86 +249,3 @@ class PipelineExecution:
             finally:
                 self._stopped_polling()
         await poller.settle()
-
-
-async def execute_pipeline(
-    pipeline: Pipeline,
-    target: Any = None,
-    *,
-    base_execution_id: str | None = None,
-    webhook_url: str | None = None,
-    webhook_secret: str | None = None,
-    api_url: str | None = None,
-    api_key: str | None = None,
-    idempotency_key: str | None = None,
-) -> PipelineExecution:
-    """Submit ``pipeline`` to ``target`` and return its handle.
-
-    ``target`` is an :class:`~engine.Engine` (embedded) or a remote engine such as
-    ``adapters.http.EngineClient``; with no target, ``api_url`` and ``api_key`` build an
-    ``EngineClient``. A remote handle polls the status endpoint once callbacks are registered
-    (``pipeline.on_progress`` or ``handle.on_complete``/``on_error``); with none, it returns at once
-    and never polls by itself (a webhook tells the receiver instead).
-    """
-    from engine.engine import Engine
-
-    if webhook_secret is not None and webhook_url is None:
-        raise EngineError("webhook_secret was given without webhook_url")
-    if target is None:
-        if api_url is None:
-            raise EngineError("execute() needs a target: an Engine, or api_url= and api_key=")
-        if api_key is None:
-            raise EngineError("api_url= needs api_key=")
-        from adapters.http.client import EngineClient
-
-        target = EngineClient(api_url, api_key)
-    elif api_url is not None or api_key is not None:
-        raise EngineError("give execute() either a target or api_url= and api_key=, not both")
-    if isinstance(target, RemoteEngine) and not isinstance(target, Engine):
-        return await _execute_remote(
-            pipeline,
-            target,
-            base_execution_id=base_execution_id,
-            webhook=Webhook(webhook_url, webhook_secret) if webhook_url is not None else None,
-            idempotency_key=idempotency_key,
-        )
-    if not isinstance(target, Engine):
-        raise TypeError(
-            f"execute() target must be an Engine or an EngineClient, not {type(target).__name__}"
-        )
-    plan = pipeline.plan(base_execution_id=base_execution_id)
-    webhook = Webhook(webhook_url, webhook_secret) if webhook_url is not None else None
-    execution_id = await target.submit(
-        plan,
-        base_execution_id=base_execution_id,
-        webhook=webhook,
-        idempotency_key=idempotency_key,
-    )
-    handle = PipelineExecution(execution_id, target)
-    for callback in pipeline.progress_callbacks:
-        handle.on_progress(callback)
-    snapshot = await target.subscribe(execution_id, handle)
-    if snapshot.status in TERMINAL:
-        handle.finish(snapshot.status, snapshot.result, snapshot.error)
-    return handle
-
-
-async def _execute_remote(
-    pipeline: Pipeline,
-    client: RemoteEngine,
-    *,
-    base_execution_id: str | None,
-    webhook: Webhook | None,
-    idempotency_key: str | None,
-) -> PipelineExecution:
-    plan = pipeline.plan(base_execution_id=base_execution_id)
-    execution_id = await client.submit(
-        plan,
-        base_execution_id=base_execution_id,
-        webhook=webhook,
-        idempotency_key=idempotency_key,
-    )
-    handle = PipelineExecution(execution_id, client, poller=client)
-    for callback in pipeline.progress_callbacks:
-        handle.on_progress(callback)
-    return handle

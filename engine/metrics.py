@@ -8,6 +8,8 @@ from typing import Any
 
 from attrs import frozen
 
+from engine import wire
+
 
 @frozen
 class EngineMetrics:
@@ -29,22 +31,8 @@ class EngineMetrics:
     delivery_latency_p99: float | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "executions": dict(self.executions),
-            "successRate": self.success_rate,
-            "durationP50": self.duration_p50,
-            "durationP95": self.duration_p95,
-            "attempts": self.attempts,
-            "retries": self.retries,
-            "jobsCompleted": self.jobs_completed,
-            "jobsFailed": self.jobs_failed,
-            "queueDepth": self.queue_depth,
-            "liveExecutions": self.live_executions,
-            "liveJobs": self.live_jobs,
-            "deliveries": dict(self.deliveries),
-            "deliveryLatencyP50": self.delivery_latency_p50,
-            "deliveryLatencyP99": self.delivery_latency_p99,
-        }
+        """The snapshot as camelCase JSON (``successRate``, ``durationP50``, ...)."""
+        return wire.to_json(self)  # type: ignore[no-any-return]
 
 
 def quantile(values: list[float], q: float) -> float | None:

@@ -1,6 +1,8 @@
 """Value classes shared by the engine, its ports and its adapters.
 
-All are frozen attrs classes. Their JSON (camelCase) lives in :mod:`engine.wire`, not here.
+All are frozen attrs classes. Their JSON (camelCase) is made by :mod:`engine.wire`'s one
+converter from their fields; the only wire detail here is which fields are left out while they
+have their default (``metadata={OMIT_IF_DEFAULT: True}``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from attrs import field, frozen
+
+from engine import wire
+from engine.wire import OMIT_IF_DEFAULT
 
 ExecutionStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
@@ -73,12 +78,16 @@ class StatusReport:
     completed_jobs: int
     current_job: str | None
     result: Video | None = None
-    error: ErrorInfo | None = None
+    error: ErrorInfo | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
     def to_json(self) -> dict[str, Any]:
-        from engine.wire import status_to_json
+        """The seed's status body, plus ``error`` when the execution failed or was cancelled."""
+        return wire.to_json(self)  # type: ignore[no-any-return]
 
-        return status_to_json(self)
+    @classmethod
+    def from_json(cls, obj: Any) -> StatusReport:
+        """Read a status body written by :meth:`to_json` (raises on a body of another shape)."""
+        return wire.from_json(obj, cls)
 
 
 @frozen
@@ -161,6 +170,22 @@ class Execution:
         total = len(self.jobs)
         done = self.completed_jobs
         return Progress(self.id, done, total, self.current_job, percent(done, total), self.status)
+
+
+@frozen
+class Ended:
+    """An execution reached a terminal status: what listeners and the notifier are told."""
+
+    execution_id: str
+    status: ExecutionStatus
+    result: Video | None
+    error: ErrorInfo | None
+    progress: Progress
+    generation: int
+    created_at: float
+    completed_at: float
+    webhook: Webhook | None
+    tenant: str | None
 
 
 def percent(done: int, total: int) -> float:

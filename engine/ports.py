@@ -1,6 +1,9 @@
 """The four ports the engine runs on. Adapters implement them; the engine imports no adapter.
 
-- :class:`Storage` keeps executions and their jobs; one ``apply`` is one atomic write.
+- :class:`Storage` keeps executions and their jobs; one ``apply`` is one atomic write. It is
+  three narrow parts over one transaction log: :class:`ExecutionRecords` (create, get, count),
+  :class:`LeaseStore` (which engine holds which execution: claim, renew, release, holders) and
+  :class:`OutboxStore` (webhook events and their delivery log).
 - :class:`JobQueue` hands ready jobs to workers.
 - :class:`VideoProvider` does the work of one job attempt.
 - :class:`Notifier` is told, once, of each execution that reaches a terminal status.
@@ -49,18 +52,29 @@ class Notifier(Protocol):
         ...
 
 
-class Storage(Protocol):
-    """Executions and their jobs, and which engine holds each unfinished execution.
+class Store(Protocol):
+    """What every part of a store shares: opening, closing, and the one atomic write.
 
-    Several engines (processes) may share one durable store. Each unfinished execution is held
-    by one engine at a time, under a lease it renews; only the holder's writes are accepted
-    (fencing), so an engine that lost its lease (paused, partitioned, presumed dead) cannot
-    record a second result for work another engine has taken over.
+    ``apply`` takes changes of every kind (job and execution updates, outbox rows, delivery
+    attempts), so that an ending and its webhook event are written in one transaction.
     """
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
+        """Apply every change, all or nothing, in the order the calls were made.
+
+        With ``owner``, every execution the changes name must be held by ``owner``; otherwise
+        nothing of this call is applied and :class:`~engine.errors.LeaseLost` names the
+        executions not held.
+        """
+        ...
+
+
+class ExecutionRecords(Store, Protocol):
+    """Executions and their jobs: create (idempotently), read, count."""
 
     async def create(
         self,
@@ -81,14 +95,23 @@ class Storage(Protocol):
 
     async def get(self, execution_id: str) -> Execution | None: ...
 
-    async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
-        """Apply every change, all or nothing, in the order the calls were made.
-
-        With ``owner``, every execution the changes name must be held by ``owner``; otherwise
-        nothing of this call is applied and :class:`~engine.errors.LeaseLost` names the
-        executions not held.
-        """
+    async def unfinished(self) -> list[Execution]:
+        """Every execution whose status is ``pending`` or ``processing``, oldest first."""
         ...
+
+    async def counts(self) -> dict[str, int]:
+        """How many executions are in each status."""
+        ...
+
+
+class LeaseStore(Store, Protocol):
+    """Which engine holds each unfinished execution, when several engines share one store.
+
+    Each unfinished execution is held by one engine at a time, under a lease it renews; only
+    the holder's writes are accepted (fencing: ``apply(..., owner=...)``), so an engine that lost
+    its lease (paused, partitioned, presumed dead) cannot record a second result for work
+    another engine has taken over.
+    """
 
     async def claim(
         self,
@@ -131,6 +154,10 @@ class Storage(Protocol):
         """
         ...
 
+
+class OutboxStore(Store, Protocol):
+    """The durable webhook outbox: events written with the endings, and their delivery log."""
+
     async def claim_outbox(
         self,
         owner: str,
@@ -161,13 +188,11 @@ class Storage(Protocol):
         """How many webhook events are in each outbox status."""
         ...
 
-    async def unfinished(self) -> list[Execution]:
-        """Every execution whose status is ``pending`` or ``processing``, oldest first."""
-        ...
 
-    async def counts(self) -> dict[str, int]:
-        """How many executions are in each status."""
-        ...
+class Storage(ExecutionRecords, LeaseStore, OutboxStore, Protocol):
+    """A whole store, as an :class:`~engine.Engine` takes it: the three parts over one set of
+    transactions. ``adapters.memory.MemoryStorage`` is the readable reference; its docstrings
+    and the contract suite (``tests/test_storage_contract.py``) say what each call must do."""
 
 
 class JobQueue(Protocol):

@@ -28,9 +28,11 @@ from typing import Any
 import networkx as nx
 from attrs import define, field, frozen
 
+from engine.catalogue import TRANSFORMS
 from engine.models import (
     TERMINAL,
     Change,
+    Ended,
     ErrorInfo,
     Execution,
     ExecutionStatus,
@@ -47,8 +49,6 @@ from engine.models import (
     percent,
 )
 from engine.retry import RetryPolicy
-
-TRANSFORMS = frozenset({"lipSync", "addSubtitles", "reframe"})
 
 
 @frozen
@@ -90,22 +90,6 @@ class PlanShape:
             roots=tuple(i for i, job in enumerate(jobs) if not job.depends_on),
             final=sinks[-1],
         )
-
-
-@frozen
-class Ended:
-    """An execution reached a terminal status in this step."""
-
-    execution_id: str
-    status: ExecutionStatus
-    result: Video | None
-    error: ErrorInfo | None
-    progress: Progress
-    generation: int
-    created_at: float
-    completed_at: float
-    webhook: Webhook | None
-    tenant: str | None
 
 
 class Step:

@@ -26,12 +26,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from attrs import field, frozen
+
+from engine import wire
 from engine.errors import InvalidSignature
 from engine.models import ErrorInfo, Execution, Video
-from engine.wire import error_to_json, video_to_json
+from engine.wire import OMIT_IF_DEFAULT
 
 __all__ = [
     "HEX_SIGNATURE",
+    "WebhookBody",
     "WEBHOOK_ID",
     "WEBHOOK_SIGNATURE",
     "WEBHOOK_TIMESTAMP",
@@ -57,6 +61,16 @@ _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 HeadersLike = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
 
+@frozen
+class WebhookBody:
+    """The webhook body: ``{"executionId", "status", "video"}`` or ``{..., "error"}``."""
+
+    execution_id: str
+    status: str
+    video: Video | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
+    error: ErrorInfo | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
+
+
 def build_payload(execution: Execution) -> dict[str, Any]:
     """The webhook body for an execution that ended, as a JSON-ready dict."""
     return payload_for(execution.id, execution.status, execution.result, execution.error)
@@ -73,13 +87,11 @@ def payload_for(
     if status == "completed":
         if result is None:
             raise ValueError(f"execution {execution_id} is completed but has no result")
-        return {"executionId": execution_id, "status": "completed", "video": video_to_json(result)}
+        body = WebhookBody(execution_id, "completed", video=result)
+        return wire.to_json(body)  # type: ignore[no-any-return]
     if status in ("failed", "cancelled"):
-        if error is not None:
-            body = error_to_json(error)
-        else:
-            body = {"code": status, "message": f"execution {status}", "jobId": None}
-        return {"executionId": execution_id, "status": status, "error": body}
+        error = error or ErrorInfo(status, f"execution {status}")
+        return wire.to_json(WebhookBody(execution_id, status, error=error))  # type: ignore[no-any-return]
     raise ValueError(
         f"execution {execution_id} is {status}: only a terminal execution has a payload"
     )

@@ -1,84 +1,93 @@
-"""The wire format (camelCase JSON) of the engine's values, in one cattrs converter."""
+"""The wire format: one cattrs converter for every JSON body the engine reads or writes.
+
+Plans, status bodies, videos, errors, progress, webhook payloads, the HTTP execution view and the
+JSON columns of the stores all go through :data:`converter`, built by :func:`make_converter`.
+The rules are generic, so this module imports no model (models import it, never the reverse):
+
+- every attrs class is a JSON object whose keys are its field names in camelCase
+  (``aspect_ratio`` -> ``aspectRatio``), in field order;
+- a field whose metadata has :data:`OMIT_IF_DEFAULT` is left out while it has its default
+  (``baseExecutionId`` of a plan, ``error`` of a status body);
+- tuples become lists and mappings dicts; anything else passes as it is.
+
+``to_json(value)`` and ``from_json(obj, cls)`` are the two calls the rest of the code makes.
+"""
 
 from __future__ import annotations
 
+import itertools
 import re
-from typing import Any
+from collections.abc import Callable
+from functools import cache
+from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from engine.models import ErrorInfo, Progress, StatusReport, Video
+#: Field metadata key: leave the field out of the JSON while it has its default value.
+OMIT_IF_DEFAULT = "videoflow.omit_if_default"
 
-converter = cattrs.Converter()
+T = TypeVar("T")
+_CAMEL = re.compile(r"_([a-z0-9])")
 
-_CAMEL = re.compile(r"_([a-z])")
 
-
-def _camel(name: str) -> str:
+@cache
+def camel(name: str) -> str:
+    """``aspect_ratio`` -> ``aspectRatio``: a field's wire name."""
     return _CAMEL.sub(lambda m: m.group(1).upper(), name)
 
 
-def _register(cls: type, *, omit_if_default: bool = False) -> None:
-    import attrs
+def make_converter() -> cattrs.Converter:
+    """A converter that writes and reads every attrs value of the engine as camelCase JSON."""
+    converter = cattrs.Converter()
 
-    names: dict[str, Any] = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
-    converter.register_unstructure_hook(
-        cls,
-        make_dict_unstructure_fn(cls, converter, _cattrs_omit_if_default=omit_if_default, **names),
-    )
-    converter.register_structure_hook(cls, make_dict_structure_fn(cls, converter, **names))
+    def unstructure_factory(cls: type) -> Any:
+        fields = attrs.fields(cls)
+        omit = [bool(a.metadata.get(OMIT_IF_DEFAULT)) for a in fields]
+        names: dict[str, Any] = {
+            a.name: override(rename=camel(a.name), omit_if_default=o)
+            for a, o in zip(fields, omit, strict=True)
+        }
+        unstructure: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
+            cls, converter, _cattrs_include_init_false=True, **names
+        )
+        if not any(o and not later for o, later in itertools.pairwise(omit)):
+            return unstructure
+        # cattrs writes omittable fields last; keep the declared order (a job's "dependsOn"
+        # comes before its "output", as in the seed).
+        order = [camel(a.name) for a in fields]
 
+        def in_order(value: Any) -> dict[str, Any]:
+            out = unstructure(value)
+            return {key: out[key] for key in order if key in out}
 
-for _cls in (Video, ErrorInfo, Progress):
-    _register(_cls)
+        return in_order
 
+    def structure_factory(cls: type) -> Any:
+        names: dict[str, Any] = {
+            a.name: override(rename=camel(a.name)) for a in attrs.fields(cls) if a.init
+        }
+        return make_dict_structure_fn(cls, converter, **names)
 
-def video_to_json(video: Video) -> dict[str, Any]:
-    out: dict[str, Any] = converter.unstructure(video)
-    return out
-
-
-def video_from_json(obj: Any) -> Video:
-    return converter.structure(obj, Video)
-
-
-def error_to_json(error: ErrorInfo) -> dict[str, Any]:
-    out: dict[str, Any] = converter.unstructure(error)
-    return out
-
-
-def error_from_json(obj: Any) -> ErrorInfo:
-    return converter.structure(obj, ErrorInfo)
-
-
-def progress_to_json(progress: Progress) -> dict[str, Any]:
-    out: dict[str, Any] = converter.unstructure(progress)
-    return out
-
-
-def status_to_json(report: StatusReport) -> dict[str, Any]:
-    """The seed's status body, plus ``error`` when the execution failed or was cancelled."""
-    body: dict[str, Any] = {
-        "status": report.status,
-        "progress": report.progress,
-        "totalJobs": report.total_jobs,
-        "completedJobs": report.completed_jobs,
-        "currentJob": report.current_job,
-        "result": None if report.result is None else video_to_json(report.result),
-    }
-    if report.error is not None:
-        body["error"] = error_to_json(report.error)
-    return body
+    converter.register_unstructure_hook_factory(attrs.has, unstructure_factory)
+    converter.register_structure_hook_factory(attrs.has, structure_factory)
+    return converter
 
 
-def status_from_json(obj: Any) -> StatusReport:
-    return StatusReport(
-        status=obj["status"],
-        progress=obj["progress"],
-        total_jobs=obj["totalJobs"],
-        completed_jobs=obj["completedJobs"],
-        current_job=obj.get("currentJob"),
-        result=None if obj.get("result") is None else video_from_json(obj["result"]),
-        error=None if obj.get("error") is None else error_from_json(obj["error"]),
-    )
+#: The one converter.
+converter = make_converter()
+
+
+def to_json(value: Any) -> Any:
+    """``value`` (an attrs value, or lists and dicts of them) as JSON-ready data."""
+    return converter.unstructure(value)
+
+
+def from_json(obj: Any, cls: type[T]) -> T:
+    """Build a ``cls`` from JSON data written by :func:`to_json`.
+
+    Raises ``cattrs`` errors (subclasses of ``Exception``) on data of the wrong shape; callers
+    that read untrusted input check it first or translate those errors.
+    """
+    return converter.structure(obj, cls)

@@ -41,7 +41,6 @@ from engine.errors import (
 from engine.handle import PipelineExecution
 from engine.models import TERMINAL, Progress, StatusReport, Webhook
 from engine.plan import ExecutionPlan
-from engine.wire import status_from_json
 
 __all__ = ["EngineClient", "TransportError"]
 
@@ -171,7 +170,7 @@ class EngineClient:
         """``GET /api/execute/{id}/status``, as a :class:`~engine.StatusReport`."""
         answer = await self._request("GET", _path(execution_id, "/status"), missing=execution_id)
         try:
-            return status_from_json(answer)
+            return StatusReport.from_json(answer)
         except Exception as exc:
             raise EngineError(f"the server's status body is not understood: {exc!r}") from exc
 

@@ -46,6 +46,7 @@ import anyio
 from attrs import define, field
 
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from engine import wire
 from engine.errors import ConfigError, IdempotencyConflict, LeaseLost, StorageError
 from engine.models import (
     Change,
@@ -63,7 +64,6 @@ from engine.models import (
     Video,
     Webhook,
 )
-from engine.wire import error_from_json, error_to_json, video_from_json, video_to_json
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -1067,11 +1067,11 @@ def _dumps(value: Any, what: str) -> str:
 
 
 def _video(video: Video | None) -> str | None:
-    return None if video is None else _dumps(video_to_json(video), "a video")
+    return None if video is None else _dumps(wire.to_json(video), "a video")
 
 
 def _error_json(error: ErrorInfo | None) -> str | None:
-    return None if error is None else _dumps(error_to_json(error), "an error")
+    return None if error is None else _dumps(wire.to_json(error), "an error")
 
 
 def _execution_row(
@@ -1228,8 +1228,8 @@ def _execution(row: _Row, jobs: list[JobInfo]) -> Execution:
         created_at=created_at,
         base_execution_id=base_execution_id,
         webhook=None if webhook_url is None else Webhook(webhook_url, webhook_secret),
-        result=None if result is None else video_from_json(json.loads(result)),
-        error=None if error is None else error_from_json(json.loads(error)),
+        result=None if result is None else wire.from_json(json.loads(result), Video),
+        error=None if error is None else wire.from_json(json.loads(error), ErrorInfo),
         started_at=started_at,
         completed_at=completed_at,
         tenant=tenant,
@@ -1260,6 +1260,6 @@ def _job(row: _Row) -> JobInfo:
         attempts=attempts,
         started_at=started_at,
         finished_at=finished_at,
-        result=None if result is None else video_from_json(json.loads(result)),
-        error=None if error is None else error_from_json(json.loads(error)),
+        result=None if result is None else wire.from_json(json.loads(result), Video),
+        error=None if error is None else wire.from_json(json.loads(error), ErrorInfo),
     )
