@@ -1,19 +1,24 @@
 """The JSON an execution is shown as: ``GET /api/execute/{id}``.
 
-Times are ISO 8601 UTC strings. The webhook is shown as ``{"url", "deliveries"}``: its URL without
-any ``user:password@``, and its delivery log. Its secret never leaves the engine.
+Built as view values (:class:`ExecutionView` and its parts) and written by the engine's one
+wire converter (:mod:`engine.wire`). Times are ISO 8601 UTC strings. The webhook is shown as
+``{"url", "deliveries"}``: its URL without any ``user:password@``, and its delivery log.
+Its secret never leaves the engine.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
+from attrs import field, frozen
+
 from engine import wire
 from engine.models import DeliveryAttempt, ErrorInfo, Execution, JobInfo, Video, Webhook
+from engine.wire import OMIT_IF_DEFAULT
 
 #: ``scheme://`` and the userinfo of the authority (up to its last ``@``, before any ``/?#``).
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
@@ -62,81 +67,140 @@ def _redact(text: str | None, secrets: Sequence[str]) -> str | None:
     return _USERINFO_IN_TEXT.sub(r"\1", text)
 
 
-def _video(video: Video | None) -> dict[str, Any] | None:
-    return None if video is None else wire.to_json(video)
+@frozen
+class JobView:
+    id: str
+    type: str
+    params: Mapping[str, Any]
+    depends_on: tuple[str, ...]
+    status: str
+    attempts: int
+    started_at: str | None
+    finished_at: str | None
+    result: Video | None
+    error: ErrorInfo | None
 
 
-def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
-    return None if error is None else wire.to_json(error)
+@frozen
+class DeliveryView:
+    event_id: str
+    attempt: int
+    at: str | None
+    status_code: int | None
+    error: str | None
+    latency: float
+    outcome: str
+    retry_at: str | None
+    url: str
+
+
+@frozen
+class WebhookView:
+    url: str
+    deliveries: tuple[DeliveryView, ...] | None = field(
+        default=None, metadata={OMIT_IF_DEFAULT: True}
+    )
+
+
+@frozen
+class ExecutionView:
+    id: str
+    status: str
+    base_execution_id: str | None
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    progress: float
+    total_jobs: int
+    completed_jobs: int
+    current_job: str | None
+    result: Video | None
+    error: ErrorInfo | None
+    webhook: WebhookView | None
+    jobs: tuple[JobView, ...]
+
+
+def job_view(job: JobInfo) -> JobView:
+    return JobView(
+        id=job.id,
+        type=job.type,
+        params=job.params,
+        depends_on=job.depends_on,
+        status=job.status,
+        attempts=job.attempts,
+        started_at=timestamp(job.started_at),
+        finished_at=timestamp(job.finished_at),
+        result=job.result,
+        error=job.error,
+    )
 
 
 def job_to_json(job: JobInfo) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "type": job.type,
-        "params": dict(job.params),
-        "dependsOn": list(job.depends_on),
-        "status": job.status,
-        "attempts": job.attempts,
-        "startedAt": timestamp(job.started_at),
-        "finishedAt": timestamp(job.finished_at),
-        "result": _video(job.result),
-        "error": _error(job.error),
-    }
+    return wire.to_json(job_view(job))  # type: ignore[no-any-return]
 
 
-def delivery_to_json(attempt: DeliveryAttempt, *, secrets: Sequence[str] = ()) -> dict[str, Any]:
+def delivery_view(attempt: DeliveryAttempt, *, secrets: Sequence[str] = ()) -> DeliveryView:
     """One attempt of the delivery log. ``at`` and ``retryAt`` are times, ``latency`` seconds.
 
     The URL loses any userinfo and ``error`` any of ``secrets`` (the notifier records neither;
     this is a second guard, not the first).
     """
-    return {
-        "eventId": attempt.event_id,
-        "attempt": attempt.attempt,
-        "at": timestamp(attempt.at),
-        "statusCode": attempt.status_code,
-        "error": _redact(attempt.error, secrets),
-        "latency": attempt.latency,
-        "outcome": attempt.outcome,
-        "retryAt": timestamp(attempt.retry_at),
-        "url": without_userinfo(attempt.url),
-    }
+    return DeliveryView(
+        event_id=attempt.event_id,
+        attempt=attempt.attempt,
+        at=timestamp(attempt.at),
+        status_code=attempt.status_code,
+        error=_redact(attempt.error, secrets),
+        latency=attempt.latency,
+        outcome=attempt.outcome,
+        retry_at=timestamp(attempt.retry_at),
+        url=without_userinfo(attempt.url),
+    )
 
 
-def execution_to_json(
+def delivery_to_json(attempt: DeliveryAttempt, *, secrets: Sequence[str] = ()) -> dict[str, Any]:
+    return wire.to_json(delivery_view(attempt, secrets=secrets))  # type: ignore[no-any-return]
+
+
+def execution_view(
     execution: Execution, *, deliveries: Sequence[DeliveryAttempt] | None = None
-) -> dict[str, Any]:
+) -> ExecutionView:
     """The execution, its jobs with status, attempts and timings; never the webhook secret.
 
     ``deliveries`` is the webhook's delivery log (every attempt, oldest first), shown as
     ``webhook.deliveries``. With ``None`` the key is left out rather than shown as an empty list
     that would claim nothing was attempted.
     """
-    webhook: dict[str, Any] | None = None
+    webhook: WebhookView | None = None
     if execution.webhook is not None:
-        webhook = {"url": without_userinfo(execution.webhook.url)}
+        log = None
         if deliveries is not None:
             secrets = _secrets_of(execution.webhook)
-            webhook["deliveries"] = [
-                delivery_to_json(attempt, secrets=secrets) for attempt in deliveries
-            ]
-    return {
-        "id": execution.id,
-        "status": execution.status,
-        "baseExecutionId": execution.base_execution_id,
-        "createdAt": timestamp(execution.created_at),
-        "startedAt": timestamp(execution.started_at),
-        "completedAt": timestamp(execution.completed_at),
-        "progress": execution.status_report().progress,
-        "totalJobs": len(execution.jobs),
-        "completedJobs": execution.completed_jobs,
-        "currentJob": execution.current_job,
-        "result": _video(execution.result),
-        "error": _error(execution.error),
-        "webhook": webhook,
-        "jobs": [job_to_json(job) for job in execution.jobs],
-    }
+            log = tuple(delivery_view(attempt, secrets=secrets) for attempt in deliveries)
+        webhook = WebhookView(without_userinfo(execution.webhook.url), log)
+    return ExecutionView(
+        id=execution.id,
+        status=execution.status,
+        base_execution_id=execution.base_execution_id,
+        created_at=timestamp(execution.created_at),
+        started_at=timestamp(execution.started_at),
+        completed_at=timestamp(execution.completed_at),
+        progress=execution.status_report().progress,
+        total_jobs=len(execution.jobs),
+        completed_jobs=execution.completed_jobs,
+        current_job=execution.current_job,
+        result=execution.result,
+        error=execution.error,
+        webhook=webhook,
+        jobs=tuple(job_view(job) for job in execution.jobs),
+    )
+
+
+def execution_to_json(
+    execution: Execution, *, deliveries: Sequence[DeliveryAttempt] | None = None
+) -> dict[str, Any]:
+    """:func:`execution_view` as JSON (``GET /api/execute/{id}``)."""
+    return wire.to_json(execution_view(execution, deliveries=deliveries))  # type: ignore[no-any-return]
 
 
 __all__ = [

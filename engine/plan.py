@@ -15,14 +15,6 @@ from typing import Any
 from attrs import Factory, field, frozen
 
 from engine import checks, wire
-from engine.catalogue import (
-    DEFAULTS,
-    JOB_TYPES,
-    MAX_JOBS,
-    PARAMS,
-    TRANSFORMS,
-    parse_aspect_ratio,
-)
 from engine.errors import PlanError, Problem
 
 
@@ -105,13 +97,4 @@ class ExecutionPlan:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-__all__ = [
-    "DEFAULTS",
-    "JOB_TYPES",
-    "MAX_JOBS",
-    "PARAMS",
-    "TRANSFORMS",
-    "ExecutionPlan",
-    "JobSpec",
-    "parse_aspect_ratio",
-]
+__all__ = ["ExecutionPlan", "JobSpec"]

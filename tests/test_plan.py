@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.catalogue import JOB_TYPES, MAX_JOBS, parse_aspect_ratio
 from engine.errors import PlanError, Problem
-from engine.plan import JOB_TYPES, MAX_JOBS, ExecutionPlan, JobSpec, parse_aspect_ratio
+from engine.plan import ExecutionPlan, JobSpec
 
 
 def gen(job_id: str, **params: Any) -> dict[str, Any]:
