@@ -1,22 +1,19 @@
-"""The Engine: the public API and lifecycle, over the scheduler and the four ports.
+"""The Engine: the public API and lifecycle, the same on every backend.
 
-An :class:`Engine` owns one anyio task group (entered through an exit stack when the engine is
-entered with ``async with``) that runs every task it starts: the workers and the retry timer
-(:mod:`engine.workers`), the webhook delivery pool (:mod:`engine.delivery`) and the lease
-sweeper (:mod:`engine.leases`). Listeners and user callbacks live in :mod:`engine.listeners`,
-request normalisation in :mod:`engine.requests`, the defaults of the factories in
-:mod:`engine.wiring`.
-
-Every change goes through :meth:`Engine._commit`: the scheduler decides a :class:`Step`, the step
-is written to the store in one ``apply``, and only then acted on (ready jobs queued, retries
-timed, running jobs aborted, listeners told, webhooks sent).
+An :class:`Engine` validates what it is asked (plans, webhooks, tenants), tells listeners and
+the notifier of endings, and leaves to its :class:`~engine.dispatch.Dispatch` who runs which job:
+the in-process scheduler (:mod:`engine.local`, memory and SQLite) or the database
+(:mod:`engine.fleet`, PostgreSQL). It owns one anyio task group, entered through an exit stack
+with ``async with``, that runs every task it starts: the webhook delivery pool
+(:mod:`engine.delivery`) and the dispatch's workers and sweeper. Listeners and user callbacks
+live in :mod:`engine.listeners`, request normalisation in :mod:`engine.requests`, the defaults of
+the factories in :mod:`engine.wiring`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import AsyncExitStack
@@ -27,19 +24,22 @@ import anyio
 import anyio.abc
 
 from engine import wiring
+from engine.catalogue import JOB_TYPES
 from engine.clock import Clock, SystemClock
-from engine.delivery import Delivery, notification_for
+from engine.delivery import Delivery
+from engine.dispatch import Dispatch
 from engine.errors import (
     ConfigError,
     EngineError,
     InvalidState,
-    LeaseLost,
     PlanError,
     Problem,
     UnknownExecution,
 )
-from engine.leases import Ownership, new_owner_name
+from engine.fleet import BoardDispatch
+from engine.leases import new_owner_name
 from engine.listeners import Listener, Listeners, StreamListener, call_soon
+from engine.local import LocalDispatch
 from engine.metrics import EngineMetrics, quantile
 from engine.models import (
     TERMINAL,
@@ -54,12 +54,11 @@ from engine.models import (
     Webhook,
 )
 from engine.plan import ExecutionPlan
-from engine.ports import JobQueue, Notifier, Storage, VideoProvider
+from engine.ports import JobBoard, JobQueue, Notifier, Storage, VideoProvider
 from engine.requests import event_id, fingerprint, new_execution_id, webhook_from
 from engine.retry import RetryPolicy
-from engine.scheduler import Scheduler, Step, job_infos
+from engine.scheduler import Scheduler, job_infos
 from engine.webhooks import payload_for
-from engine.workers import Workers
 
 log = logging.getLogger("engine")
 
@@ -86,8 +85,8 @@ class Engine:
     def __init__(
         self,
         *,
-        storage: Storage,
-        queue: JobQueue,
+        storage: Storage | JobBoard,
+        queue: JobQueue | None = None,
         provider: VideoProvider,
         notifier: Notifier | None = None,
         concurrency: int = 4,
@@ -99,9 +98,27 @@ class Engine:
         sweep_interval: float = 5.0,
         owner: str | None = None,
         delivery_concurrency: int = 32,
+        board: JobBoard | None = None,
+        job_types: Collection[str] | None = None,
+        limits: Mapping[str, int] | None = None,
+        poll_interval: float = 1.0,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigError("concurrency must be a positive integer")
+        least = 0 if board is not None else 1
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < least:
+            raise ConfigError(
+                "concurrency must be a whole number >= 0 (0: an API node that runs no job)"
+                if board is not None
+                else "concurrency must be a positive integer"
+            )
+        if (job_types is not None or limits is not None) and board is None:
+            raise ConfigError("job_types and limits need a shared job board (Engine.postgres)")
+        if job_types is not None:
+            unknown = sorted(set(job_types) - set(JOB_TYPES))
+            if isinstance(job_types, str) or unknown:
+                raise ConfigError(
+                    f"job_types must be a collection of {', '.join(JOB_TYPES)}; "
+                    f"unknown: {', '.join(unknown) if unknown else repr(job_types)}"
+                )
         if not lease > 0:
             raise ConfigError("lease must be a positive number of seconds")
         if not 0 < sweep_interval < lease:
@@ -123,24 +140,61 @@ class Engine:
         self.concurrency = concurrency
         self.clock: Clock = clock or SystemClock()
         self.shutdown_grace = shutdown_grace
-        self.scheduler = Scheduler(retry=retry or RetryPolicy(), rng=random.Random(seed))
         self.listeners = Listeners()
         self.delivery = Delivery(storage, notifier, self.owner, concurrency=delivery_concurrency)
-        self.workers = Workers(self.scheduler, queue, provider, self.clock, self._commit)
-        self.ownership = Ownership(
-            storage,
-            self.scheduler,
-            self.clock,
-            self.owner,
-            lease=lease,
-            commit=self._commit,
-            abort=self.workers.abort,
-            send=self.delivery.send,
-        )
+        self._local: LocalDispatch | None = None
+        dispatch: Dispatch
+        if board is not None:
+            dispatch = BoardDispatch(
+                board=board,
+                provider=provider,
+                clock=self.clock,
+                owner=self.owner,
+                concurrency=concurrency,
+                retry=retry or RetryPolicy(),
+                seed=seed,
+                lease=lease,
+                sweep_interval=sweep_interval,
+                listeners=self.listeners,
+                delivery=self.delivery,
+                on_ended=self._on_ended,
+                job_types=job_types,
+                limits=limits,
+                poll_interval=poll_interval,
+            )
+        else:
+            if queue is None:
+                raise ConfigError("an engine on a local store needs a queue")
+            if not isinstance(storage, Storage):
+                raise ConfigError("an engine without a job board needs a Storage")
+            self._local = LocalDispatch(
+                storage=storage,
+                queue=queue,
+                provider=provider,
+                clock=self.clock,
+                owner=self.owner,
+                concurrency=concurrency,
+                retry=retry or RetryPolicy(),
+                seed=seed,
+                lease=lease,
+                sweep_interval=sweep_interval,
+                listeners=self.listeners,
+                delivery=self.delivery,
+                on_ended=self._on_ended,
+            )
+            dispatch = self._local
+        self.dispatch: Dispatch = dispatch
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._durations: deque[float] = deque(maxlen=10_000)
         self._valid_plans: dict[tuple[int, bool], tuple[ExecutionPlan, tuple[JobInfo, ...]]] = {}
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The in-process scheduler (memory and SQLite backends)."""
+        if self._local is None:
+            raise InvalidState("this engine's jobs are dispatched by its store, not a scheduler")
+        return self._local.scheduler
 
     # --- factories --------------------------------------------------------------------------------
 
@@ -200,12 +254,7 @@ class Engine:
             stack.callback(task_group.cancel_scope.cancel)
             self._task_group = task_group
             await task_group.start(self.delivery.run)
-            await self.ownership.claim_and_admit()
-            await self.ownership.claim_outbox()
-            for _ in range(self.concurrency):
-                task_group.start_soon(self.workers.work)
-            task_group.start_soon(self.workers.timer)
-            task_group.start_soon(self._sweeper)
+            await self.dispatch.start(task_group)
         except BaseException:
             self._task_group = None
             with anyio.CancelScope(shield=True):
@@ -235,7 +284,7 @@ class Engine:
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
-                await self.ownership.release()
+                await self.dispatch.stop()
             finally:
                 await self.storage.close()
 
@@ -244,14 +293,9 @@ class Engine:
             raise InvalidState("the engine is not running: use it as `async with engine:`")
         return self._task_group
 
-    async def _sweeper(self) -> None:
-        while True:
-            await self.clock.sleep_until(self.clock.now() + self.sweep_interval)
-            await self.sweep()
-
     async def sweep(self) -> None:
-        """One round of the lease sweeper (public so tests and hosts can force one)."""
-        await self.ownership.sweep()
+        """One round of the sweeper: leases, take-overs, rescues (tests and hosts may force one)."""
+        await self.dispatch.sweep()
 
     # --- the public API ---------------------------------------------------------------------------
 
@@ -282,7 +326,6 @@ class Engine:
             base_execution_id = plan.base_execution_id
         hook = webhook_from(webhook)
         jobs = self._checked_jobs(plan, has_base=base_execution_id is not None)
-        base = None
         if base_execution_id is not None:
             base = await self.storage.get(base_execution_id)
             if base is None or base.tenant != tenant:
@@ -301,15 +344,7 @@ class Engine:
         request_fingerprint = None
         if idempotency_key is not None:
             request_fingerprint = fingerprint(plan, base_execution_id, hook)
-        stored = await self.storage.create(
-            execution, request_fingerprint, owner=self.owner, lease_until=now + self.lease
-        )
-        if stored.id != execution.id:
-            return stored.id
-        if base_execution_id is not None and not self.scheduler.is_live(base_execution_id):
-            base = await self.storage.get(base_execution_id)
-        await self._commit(self.scheduler.admit(stored, base, now))
-        return stored.id
+        return await self.dispatch.admit(execution, request_fingerprint)
 
     def _checked_jobs(self, plan: ExecutionPlan, *, has_base: bool) -> tuple[JobInfo, ...]:
         """Validate a plan and make its (immutable) job records, remembering the last few: a
@@ -338,7 +373,7 @@ class Engine:
         An execution this engine is running is answered from the scheduler's state, without a
         read of the store (status polling is the hottest read there is); any other from the store.
         """
-        live = self.scheduler.live_status(execution_id, tenant)
+        live = self.dispatch.live_status(execution_id, tenant)
         if live is not None:
             return live
         return (await self.get(execution_id, tenant=tenant)).status_report()
@@ -348,13 +383,7 @@ class Engine:
         execution = await self.get(execution_id, tenant=tenant)
         if execution.status in TERMINAL:
             return
-        if not self.scheduler.is_live(execution_id):
-            claimed = await self.ownership.claim_and_admit([execution_id])
-            if not claimed:
-                raise InvalidState(
-                    f"execution {execution_id} is run by another engine; cancel it there"
-                )
-        await self._commit(self.scheduler.cancel(execution_id, self.clock.now()))
+        await self.dispatch.cancel(execution)
 
     async def resume(self, execution_id: str, *, tenant: str | None = None) -> None:
         """Run a failed or cancelled execution again from where it stopped.
@@ -367,14 +396,7 @@ class Engine:
                 f"execution {execution_id} is {execution.status}; only failed or cancelled "
                 "executions can be resumed"
             )
-        base = None
-        if execution.base_execution_id is not None:
-            base = await self.storage.get(execution.base_execution_id)
-            live = self.scheduler.is_live(execution.base_execution_id)
-            if not live and base is not None and base.status in ("failed", "cancelled"):
-                raise InvalidState(f"base execution {base.id} is {base.status}; resume it first")
-        if not await self.ownership.claim_and_admit([execution_id], resume=True):
-            raise InvalidState(f"execution {execution_id} could not be taken for resuming")
+        await self.dispatch.resume(execution)
 
     async def watch(
         self, execution_id: str, *, tenant: str | None = None
@@ -388,7 +410,7 @@ class Engine:
                 if snapshot.status in TERMINAL:
                     yield snapshot.progress()
                     return
-                live = self.scheduler.progress(execution_id)
+                live = self.dispatch.live_progress(execution_id)
                 yield live if live is not None else snapshot.progress()
                 async for progress in receive:
                     if progress is None:
@@ -408,7 +430,7 @@ class Engine:
         event = event_id(execution_id, execution.generation)
         if self.delivery.is_sending(event):
             raise InvalidState(f"the webhook of execution {execution_id} is being delivered now")
-        await self.ownership.hold(execution_id)
+        await self.dispatch.hold(execution_id)
         await self.storage.apply([OutboxReset(event, execution_id)], owner=self.owner)
         self.delivery.send(
             Notification(
@@ -434,7 +456,7 @@ class Engine:
     async def metrics(self) -> EngineMetrics:
         counts = await self.storage.counts()
         ended = sum(counts.get(s, 0) for s in TERMINAL)
-        stats = self.scheduler.stats()
+        stats = self.dispatch.stats()
         durations = sorted(self._durations)
         latencies = sorted(self.delivery.latency)
         return EngineMetrics(
@@ -445,13 +467,13 @@ class Engine:
             success_rate=counts.get("completed", 0) / ended if ended else None,
             duration_p50=quantile(durations, 0.50),
             duration_p95=quantile(durations, 0.95),
-            attempts=stats.attempts,
-            retries=stats.retries,
-            jobs_completed=stats.jobs_completed,
-            jobs_failed=stats.jobs_failed,
-            queue_depth=self.queue.depth(),
-            live_executions=stats.live_executions,
-            live_jobs=stats.live_jobs,
+            attempts=stats["attempts"],
+            retries=stats["retries"],
+            jobs_completed=stats["jobs_completed"],
+            jobs_failed=stats["jobs_failed"],
+            queue_depth=stats["queue_depth"],
+            live_executions=stats["live_executions"],
+            live_jobs=stats["live_jobs"],
         )
 
     # --- events -----------------------------------------------------------------------------------
@@ -477,54 +499,12 @@ class Engine:
         """Run a user's callback (plain or async). Its exceptions are logged, never raised."""
         call_soon(self._require_started(), callback, argument)
 
-    # --- the machinery ----------------------------------------------------------------------------
+    # --- endings --------------------------------------------------------------------------------
 
-    async def _commit(self, step: Step) -> None:
-        """Write a step, then act on it: release ready jobs, schedule retries, abort, notify.
-
-        An execution with a webhook that ends here gets its webhook event queued in the outbox in
-        the same write, so the event survives a crash right after it.
-        """
-        notifications = [notification_for(ended) for ended in step.ended] if step.ended else []
-        if notifications:
-            step.changes.extend(self.delivery.outbox_changes(notifications))
-        if step.changes:
-            try:
-                await self.storage.apply(step.changes, owner=self.owner)
-            except LeaseLost as lost:
-                self.ownership.lose(lost.execution_ids)
-                _without(step, lost.execution_ids)
-                if step.changes:
-                    await self.storage.apply(step.changes, owner=self.owner)
-        if step.ended:
-            self.scheduler.written(step)
-        if step.ready:
-            await self.queue.push(step.ready)
-        if step.retries:
-            self.workers.retry_later(step.retries)
-        if step.abort:
-            self.workers.abort(step.abort)
-        if step.progressed and self.listeners:
-            self.listeners.progressed(step.progressed, self.scheduler.progress)
-        if step.ended:
-            by_execution = {n.execution_id: n for n in notifications}
-            for ended in step.ended:
-                self._on_ended(ended, by_execution[ended.execution_id])
-
-    def _on_ended(self, ended: Ended, notification: Notification) -> None:
+    def _on_ended(self, ended: Ended) -> None:
+        """An ending was written (the dispatch tells its listeners and the notifier next)."""
         if ended.status == "completed":
             self._durations.append(ended.completed_at - ended.created_at)
-        self.listeners.ended(ended)
-        self.delivery.ended(ended, notification)
-
-
-def _without(step: Step, execution_ids: Collection[str]) -> None:
-    """Drop from ``step`` everything about executions this engine no longer holds."""
-    step.changes = [c for c in step.changes if c.execution_id not in execution_ids]
-    step.ready = [r for r in step.ready if r[0] not in execution_ids]
-    step.retries = [r for r in step.retries if r[1][0] not in execution_ids]
-    step.progressed = [e for e in step.progressed if e not in execution_ids]
-    step.ended = [e for e in step.ended if e.execution_id not in execution_ids]
 
 
 __all__ = ["Engine", "EngineError", "EngineMetrics", "Listener", "new_execution_id"]

@@ -36,6 +36,13 @@ class Listeners:
     def __bool__(self) -> bool:
         return bool(self._by_execution)
 
+    def has(self, execution_id: str) -> bool:
+        return execution_id in self._by_execution
+
+    def watched(self) -> list[str]:
+        """The executions someone listens to."""
+        return list(self._by_execution)
+
     def add(self, execution_id: str, listener: Listener) -> None:
         self._by_execution.setdefault(execution_id, []).append(listener)
 

@@ -11,12 +11,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 from engine.models import (
+    BoardEvent,
     Change,
+    Claim,
+    CompleteOutcome,
     DeliveryAttempt,
+    EndOutcome,
+    EngineInfo,
     Execution,
     JobRef,
     JobRequest,
@@ -189,10 +195,96 @@ class OutboxStore(Store, Protocol):
         ...
 
 
+@runtime_checkable
 class Storage(ExecutionRecords, LeaseStore, OutboxStore, Protocol):
     """A whole store, as an :class:`~engine.Engine` takes it: the three parts over one set of
     transactions. ``adapters.memory.MemoryStorage`` is the readable reference; its docstrings
     and the contract suite (``tests/test_storage_contract.py``) say what each call must do."""
+
+
+class JobBoard(OutboxStore, Protocol):
+    """Job-level dispatch by a shared database (``adapters.postgres.PostgresBoard``).
+
+    The database is the scheduler: each ready job is a row any engine serving its type claims;
+    readiness is decided in the transaction that records a completion (dependents count down,
+    the roots of dependent executions included); every outcome is fenced on its claim's token.
+    Engines heartbeat (one write per engine per interval); the jobs of an engine whose lease
+    expired are rescued (ready again, same idempotency key). ``apply`` takes the outbox changes
+    (``DeliveryRecorded``, ``OutboxDone``, ``OutboxReset``) only.
+    """
+
+    async def get(self, execution_id: str) -> Execution | None: ...
+
+    async def counts(self, *, tenant: str | None = None) -> dict[str, int]:
+        """How many executions are in each status (of one tenant, or all)."""
+        ...
+
+    async def submit(
+        self, execution: Execution, fingerprint: str | None = None, *, now: float
+    ) -> Execution:
+        """Store a new execution and its jobs; idempotent on ``(tenant, idempotency_key)``."""
+        ...
+
+    async def claim(
+        self,
+        engine_id: str,
+        *,
+        types: Collection[str] | None = None,
+        limit: int,
+        now: float,
+        limits: Mapping[str, int] | None = None,
+    ) -> list[Claim]:
+        """Claim up to ``limit`` ready jobs of ``types``; ``limits`` caps the running jobs of a
+        type across every engine on the database."""
+        ...
+
+    async def complete(
+        self, results: Sequence[tuple[Claim, Video]], *, now: float
+    ) -> CompleteOutcome: ...
+
+    async def fail(
+        self, claim: Claim, message: str, *, retry_at: float | None, now: float
+    ) -> EndOutcome:
+        """With ``retry_at``, the job is ready again from then; without, it fails, and with it
+        its execution and every execution based on it."""
+        ...
+
+    async def cancel(self, execution_id: str, *, now: float, reason: str) -> EndOutcome: ...
+
+    async def resume(self, execution_id: str, *, now: float) -> Execution: ...
+
+    async def register(
+        self,
+        engine_id: str,
+        job_types: Collection[str] | None = None,
+        *,
+        now: float,
+        lease_until: float,
+    ) -> None: ...
+
+    async def heartbeat(self, engine_id: str, *, now: float, lease_until: float) -> bool:
+        """Extend the engine's lease; ``False`` when it was presumed dead and removed."""
+        ...
+
+    async def rescue(self, *, now: float) -> int:
+        """Hand back the jobs of engines whose lease expired; how many."""
+        ...
+
+    async def release(self, engine_id: str) -> int:
+        """Graceful shutdown: hand back the engine's jobs and webhook events at once."""
+        ...
+
+    async def engines(self, *, now: float) -> list[EngineInfo]: ...
+
+    async def running_by_type(self) -> dict[str, int]: ...
+
+    async def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        ...
+
+    def listen(self) -> AbstractAsyncContextManager[AsyncIterator[BoardEvent]]:
+        """``async with board.listen() as events: async for event in events: ...``"""
+        ...
 
 
 class JobQueue(Protocol):
