@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import anyio
 import pytest
@@ -33,9 +34,10 @@ from adapters.ffmpeg import (
     probe,
     to_ass,
 )
-from adapters.ffmpeg.fetch import file_url_path
+from adapters.ffmpeg.fetch import InputFetcher, file_url_path
 from adapters.ffmpeg.process import ffmpeg_exe
 from adapters.ffmpeg.subtitles import Cue
+from adapters.net import parse_networks
 from engine import ProviderError, Video
 from engine.models import JobRequest
 
@@ -593,6 +595,18 @@ async def test_max_processes_limits_concurrent_ffmpeg_runs(env: Env) -> None:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory; ``/go/<quoted URL>`` redirects there, and ``/loop`` to itself."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/go/") or self.path == "/loop":
+            target = unquote(self.path.removeprefix("/go/"))
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -650,6 +664,34 @@ async def test_http_errors_and_oversized_inputs(env: Env, served: tuple[str, Pat
         await provider.run(env.request("lipSync", {"audioUrl": f"{base}/tone.wav"}, [video]))
     assert big.value.retryable is False
     env.assert_clean()
+
+
+async def test_redirects_are_followed_hop_by_hop_through_the_guard(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, root = served
+    (root / "a.txt").write_bytes(b"hello")
+    fetcher = InputFetcher(
+        client=None,
+        allowed_networks=parse_networks(["127.0.0.0/8"]),
+        roots=(),
+        max_bytes=1000,
+        timeout=10,
+    )
+
+    async def fetch(url: str) -> Path:
+        return await fetcher.local_path(url, "audioUrl", tmp_path, "input")
+
+    assert (await fetch(f"{base}/go/{quote(base + '/a.txt', safe='')}")).read_bytes() == b"hello"
+    refused = [("ftp://127.0.0.1/a", "scheme"), ("http://10.0.0.1/a", "private")]
+    refused += [("http://[::1]/a", "loopback"), ("http://0xa9fea9fe/latest", "link-local")]
+    for target, reason in refused:
+        with pytest.raises(ProviderError, match=f"^audioUrl: .*{reason}") as caught:
+            await fetch(f"{base}/go/{quote(target, safe='')}")
+        assert caught.value.retryable is False
+    with pytest.raises(ProviderError, match="more than 5 redirects") as looped:
+        await fetch(f"{base}/loop")
+    assert looped.value.retryable is False
 
 
 async def test_srt_over_http(env: Env, served: tuple[str, Path]) -> None:

@@ -3,6 +3,8 @@ examples, polling, and the translation of HTTP errors."""
 
 from __future__ import annotations
 
+import email.utils
+import time
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +267,43 @@ async def test_429_is_retried_after_retry_after(tmp_path: Path) -> None:
                     await impatient.status("exec_00000000000000000000")
             with pytest.raises(EngineError, match="429"):
                 await impatient.status("exec_00000000000000000000")
+
+
+def test_retry_after_is_honoured_capped_or_replaced_by_backoff() -> None:
+    client = EngineClient("http://127.0.0.1:9", "k", max_retry_after=30.0)
+
+    def wait(value: str | None, attempt: int = 0) -> float:
+        headers = {} if value is None else {"retry-after": value}
+        return client._retry_after(httpx.Response(429, headers=headers), attempt)
+
+    assert wait("7") == 7.0
+    assert wait("86400") == 30.0
+    assert wait(email.utils.formatdate(time.time() + 3600, usegmt=True)) == 30.0
+    assert wait(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
+    # No usable Retry-After: backoff from 0.5 s, doubling, capped (a negative one used to be 0).
+    assert [wait(None, n) for n in range(3)] == [0.5, 1.0, 2.0]
+    assert wait("-5", 3) == 4.0
+    assert wait("soon", 10) == 30.0
+    with pytest.raises(ValueError, match="max_retry_after"):
+        EngineClient("http://127.0.0.1:9", "k", max_retry_after=-1)
+
+
+async def test_429_without_a_usable_retry_after_is_retried() -> None:
+    answers = [
+        httpx.Response(429, headers={"retry-after": "later"}),
+        httpx.Response(429, headers={b"retry-after": b"\xb2"}),
+        httpx.Response(200, json={"id": "exec_1"}),
+    ]
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return answers[len(sent) - 1]
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = EngineClient("http://api", "k", client=http, max_retry_after=0.01)
+        assert await client.get("exec_1") == {"id": "exec_1"}
+    assert len(sent) == 3
 
 
 async def test_transport_failures_are_transport_errors() -> None:

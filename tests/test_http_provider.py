@@ -9,6 +9,7 @@ is asked to sleep until, so no test sleeps through a poll or a backoff.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import re
@@ -406,6 +407,19 @@ async def test_429_and_500_are_retried_with_retry_after_honoured() -> None:
     assert api.seen[1].headers["idempotency-key"] == "exec_1:job1"
     # 7 s as asked, then backoff 2 s (second retry); status 500s: 1 s, 2 s; then one poll (1 s)
     assert clock.waits == [7.0, 2.0, 1.0, 2.0, 1.0]
+
+
+async def test_retry_after_as_a_date_garbage_or_huge() -> None:
+    clock = SteppingClock(horizon=4000)
+    when = email.utils.formatdate(clock.now() + 12, usegmt=True)
+    api = QueueApi(polls_to_complete=1)
+    api.script("submit", 429, Retry_After=when)
+    api.script("submit", 503, Retry_After="-3")  # not a Retry-After: backoff (2 s, second retry)
+    api.script("submit", 503, Retry_After="9" * 30)  # capped at an hour
+    async with serve(api) as url:  # the overall timeout stays beyond the clock's horizon
+        video = await provider(url, clock, timeout=10_000).run(job())
+    assert video.url.endswith("req-1.mp4")
+    assert clock.waits == [12.0, 2.0, 3600.0, 1.0]
 
 
 async def test_retries_are_bounded_then_retryable() -> None:

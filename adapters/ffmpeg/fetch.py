@@ -4,10 +4,10 @@
   output directory and ``input_dirs``): a plan from an HTTP client must not be able to burn
   ``/etc/...`` into a video as subtitles.
 - ``http(s)://`` URLs are downloaded into the job's temporary directory, behind the same SSRF
-  guard as webhooks (:mod:`adapters.http.ssrf`): every address the host stands for must be public
-  or inside ``allowed_networks``, and the request goes to the address that was checked. Redirects
-  are followed by hand (each hop checked), at most :data:`MAX_REDIRECTS`. The body is capped at
-  ``max_bytes``; the whole download at ``timeout`` seconds.
+  guard as webhooks (:func:`adapters.net.send_checked`): every address the host stands for must be
+  public or inside ``allowed_networks``, and the request goes to the address that was checked.
+  Redirects are followed by hand (each hop checked), at most :data:`MAX_REDIRECTS`. The body is
+  capped at ``max_bytes``; the whole download at ``timeout`` seconds.
 
 Failures are :class:`~engine.ProviderError`: not retryable when the input is at fault (refused,
 missing, too big, 4xx), retryable when the network is (timeouts, connection errors, 5xx, 429).
@@ -16,9 +16,7 @@ missing, too big, 4xx), retryable when the network is (timeouts, connection erro
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
@@ -27,7 +25,7 @@ import anyio
 import httpx
 from attrs import define
 
-from adapters.http.ssrf import Address, Network, judge, literal_address
+from adapters.net import DestinationRefused, Network, send_checked
 from engine.errors import ProviderError
 
 __all__ = ["MAX_REDIRECTS", "InputFetcher", "file_url_path"]
@@ -94,6 +92,8 @@ class InputFetcher:
             with anyio.fail_after(self.timeout):
                 async with self._client() as client:
                     await self._follow(client, url, field, target)
+        except DestinationRefused as exc:
+            raise ProviderError(f"{field}: {exc}", retryable=False) from None
         except TimeoutError:
             raise ProviderError(
                 f"{field}: download of {_shown(url)} timed out after {self.timeout:g}s"
@@ -108,12 +108,9 @@ class InputFetcher:
     async def _follow(self, client: httpx.AsyncClient, url: str, field: str, target: Path) -> None:
         current = httpx.URL(url)
         for _hop in range(MAX_REDIRECTS + 1):
-            if current.scheme not in ("http", "https") or not current.host:
-                raise ProviderError(
-                    f"{field}: {_shown(str(current))} is not an http(s) URL with a host",
-                    retryable=False,
-                )
-            async with self._get(client, current, field) as response:
+            async with send_checked(
+                client, "GET", current, allowed_networks=self.allowed_networks
+            ) as response:
                 status = response.status_code
                 location = response.headers.get("Location")
                 if 300 <= status < 400 and location:
@@ -127,56 +124,6 @@ class InputFetcher:
                 await self._save(response, field, url, target)
                 return
         raise ProviderError(f"{field}: more than {MAX_REDIRECTS} redirects", retryable=False)
-
-    @contextlib.asynccontextmanager
-    async def _get(
-        self, client: httpx.AsyncClient, url: httpx.URL, field: str
-    ) -> AsyncIterator[httpx.Response]:
-        host = url.host
-        port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = await self._checked_addresses(host, port, field)
-        headers = {"Host": url.netloc.decode("ascii")}
-        extensions: dict[str, str] = {}
-        if url.scheme == "https":
-            headers["Connection"] = "close"  # a pooled connection may be verified for another name
-            if literal_address(host) is None:
-                extensions["sni_hostname"] = host
-        failure: httpx.ConnectError | None = None
-        for address in addresses:
-            request = client.build_request(
-                "GET", url.copy_with(host=str(address)), headers=headers, extensions=extensions
-            )
-            try:
-                response = await client.send(request, stream=True, follow_redirects=False)
-            except httpx.ConnectError as exc:
-                failure = exc  # try the host's next address
-                continue
-            try:
-                yield response
-            finally:
-                await response.aclose()
-            return
-        raise failure if failure is not None else OSError(f"{host} has no address")
-
-    async def _checked_addresses(self, host: str, port: int, field: str) -> Sequence[Address]:
-        literal = literal_address(host)
-        addresses: list[Address] = []
-        if literal is not None:
-            addresses.append(literal)
-        else:
-            for *_, sockaddr in await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-                address = ipaddress.ip_address(str(sockaddr[0]))
-                if address not in addresses:
-                    addresses.append(address)
-        for address in addresses:
-            reason = judge(address, self.allowed_networks)
-            if reason is not None:
-                raise ProviderError(
-                    f"{field}: refusing to fetch from {host}: {address} is a {reason} address; "
-                    "list its network in allowed_networks to permit it",
-                    retryable=False,
-                )
-        return addresses
 
     async def _save(self, response: httpx.Response, field: str, url: str, target: Path) -> None:
         declared = response.headers.get("Content-Length")

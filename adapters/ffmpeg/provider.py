@@ -24,7 +24,7 @@ from adapters.ffmpeg.fetch import InputFetcher, file_url_path
 from adapters.ffmpeg.probe import InvalidMedia, MediaInfo, aspect_label, probe
 from adapters.ffmpeg.process import FFmpegCommand, ffmpeg_exe, run_ffmpeg
 from adapters.ffmpeg.subtitles import Cue, cues_from_params, parse_srt, to_ass
-from adapters.http.ssrf import Network, parse_networks
+from adapters.net import Network, parse_networks
 from engine.catalogue import parse_aspect_ratio
 from engine.errors import ConfigError, ProviderError
 from engine.models import JobRequest, Video, frame_size

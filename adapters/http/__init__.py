@@ -1,10 +1,11 @@
-"""HTTP adapters: webhook delivery (:class:`HttpNotifier`) behind an SSRF guard, and the remote
-``execute`` target (:class:`EngineClient`) for the HTTP API."""
+"""HTTP adapters: webhook delivery (:class:`HttpNotifier`) behind the SSRF guard of
+:mod:`adapters.net`, the remote ``execute`` target (:class:`EngineClient`) for the HTTP API, and
+a hosted video API (:class:`HttpVideoProvider`)."""
 
 from adapters.http.client import EngineClient, TransportError
 from adapters.http.notifier import DeliveryAttempt, DeliveryResult, HttpNotifier
 from adapters.http.provider import HttpVideoProvider, ModelRoute
-from adapters.http.ssrf import WebhookRefused
+from adapters.net import WebhookRefused
 
 __all__ = [
     "DeliveryAttempt",

@@ -15,10 +15,8 @@ retried after ``Retry-After``, a bounded number of times; 5xx and transport fail
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -30,6 +28,7 @@ import anyio
 import anyio.abc
 import httpx
 
+from adapters.net import exponential, parse_retry_after
 from engine.errors import (
     EngineError,
     IdempotencyConflict,
@@ -58,7 +57,8 @@ class EngineClient:
 
     ``poll_interval`` is the first wait between status polls; it doubles while nothing changes, up
     to ``max_poll_interval``, and starts over when the execution moves. ``max_retries`` bounds
-    the retries of a 429 (each after ``Retry-After``, capped at ``max_retry_after`` seconds).
+    the retries of a 429 (each after ``Retry-After``, seconds or an HTTP date, or without one after
+    a backoff from 0.5 s doubling; both capped at ``max_retry_after`` seconds).
     """
 
     def __init__(
@@ -76,6 +76,8 @@ class EngineClient:
     ) -> None:
         if not (poll_interval > 0 and max_poll_interval >= poll_interval):
             raise ValueError("need 0 < poll_interval <= max_poll_interval")
+        if not max_retry_after >= 0:
+            raise ValueError("max_retry_after must be >= 0 seconds")
         self.api_url = api_url.rstrip("/")
         self._auth = {"authorization": f"Bearer {api_key}"}
         self._given = client
@@ -315,10 +317,13 @@ class EngineClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _retry_after(self, response: httpx.Response, attempt: int) -> float:
-        seconds = _retry_after_seconds(response.headers.get("retry-after"))
+        """``Retry-After`` if the answer has a usable one, else backoff from 0.5 s; both capped."""
+        seconds = parse_retry_after(
+            response.headers.get("retry-after"), now=time.time(), cap=self.max_retry_after
+        )
         if seconds is None:
-            seconds = min(self.max_retry_after, 0.5 * 2**attempt)
-        return max(0.0, min(self.max_retry_after, seconds))
+            seconds = exponential(attempt, base=0.5, cap=self.max_retry_after)
+        return seconds
 
 
 def _path(execution_id: str, suffix: str = "") -> str:
@@ -333,21 +338,6 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return when.timestamp() - time.time()
-    return seconds if math.isfinite(seconds) else None
 
 
 def _error(

@@ -11,7 +11,6 @@ already in the log, so numbering and the back-off schedule go on from there.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import functools
 import inspect
 import logging
@@ -24,13 +23,14 @@ import anyio
 import httpx
 from attrs import define, field, frozen
 
-from adapters.http.ssrf import (
+from adapters.net import (
+    DestinationRefused,
     Network,
-    WebhookRefused,
     check_url,
-    literal_address,
+    jittered,
     parse_networks,
-    resolve_checked,
+    parse_retry_after,
+    send_checked,
 )
 from engine.clock import Clock, SystemClock
 from engine.errors import ConfigError, EngineError
@@ -97,7 +97,7 @@ class HttpNotifier:
       stops at once. Waits go through ``clock`` so tests can drive them by hand.
     - Destinations in private, loopback, link-local and other non-public networks are refused
       (final, no connection made) unless inside ``allowed_networks``; see
-      :mod:`adapters.http.ssrf`. The request goes to the address that was checked.
+      :mod:`adapters.net.ssrf`. The request goes to the address that was checked.
     - ``client``: an ``httpx.AsyncClient`` to send with (its proxies, if any, apply). Without one,
       each attempt uses a short-lived client that ignores proxy environment variables.
     - Every attempt is appended to ``attempts`` and passed to ``on_attempt``; ``results`` maps
@@ -149,7 +149,7 @@ class HttpNotifier:
             url = check_url(webhook.url)
             if webhook.secret is not None:
                 secret_key(webhook.secret)
-        except WebhookRefused as exc:
+        except DestinationRefused as exc:
             refusal = str(exc)
         except (TypeError, ValueError) as exc:  # a bad whsec_ secret (never echoed); bad payload
             refusal = f"cannot deliver: {exc}"
@@ -216,9 +216,7 @@ class HttpNotifier:
         )
 
     def _jittered(self, delay: float) -> float:
-        if delay <= 0 or self._jitter == 0:
-            return delay
-        return delay * (1 + self._random.uniform(-self._jitter, self._jitter))
+        return jittered(delay, self._jitter, self._random)
 
     async def _record(self, attempt: DeliveryAttempt) -> None:
         self.attempts.append(attempt)
@@ -274,7 +272,7 @@ class HttpNotifier:
     ) -> _Reply:
         try:
             return await self._post(client, url, body, headers)
-        except WebhookRefused as exc:
+        except DestinationRefused as exc:
             return _Reply(error=str(exc), final=True)
         except httpx.TimeoutException:
             return _Reply(error=f"timed out after {self._timeout:g}s")
@@ -284,37 +282,16 @@ class HttpNotifier:
     async def _post(
         self, client: httpx.AsyncClient, url: httpx.URL, body: bytes, headers: dict[str, str]
     ) -> _Reply:
-        host = url.raw_host.decode("ascii")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = await resolve_checked(host, port, self._allowed_networks)
-        send_headers = {**headers, "Host": url.netloc.decode("ascii")}
-        extensions: dict[str, str] = {}
-        if url.scheme == "https":
-            # Verify TLS for the name, not the IP. No connection reuse: a pooled connection to this
-            # IP could have been verified for another name.
-            send_headers["Connection"] = "close"
-            if literal_address(host) is None:
-                extensions["sni_hostname"] = host
-        failure: httpx.ConnectError | None = None
-        for address in addresses:
-            request = client.build_request(
-                "POST",
-                url.copy_with(host=str(address)),
-                content=body,
-                headers=send_headers,
-                timeout=self._timeout,
-                extensions=extensions,
-            )
-            try:
-                response = await client.send(request, stream=True, follow_redirects=False)
-            except httpx.ConnectError as exc:
-                failure = exc  # try the host's next address, if any
-                continue
-            try:
-                return self._judge(response)
-            finally:
-                await response.aclose()
-        raise failure if failure is not None else OSError(f"{host} has no address")
+        async with send_checked(
+            client,
+            "POST",
+            url,
+            allowed_networks=self._allowed_networks,
+            content=body,
+            headers=headers,
+            request_timeout=self._timeout,
+        ) as response:
+            return self._judge(response)
 
     def _judge(self, response: httpx.Response) -> _Reply:
         status = response.status_code
@@ -328,7 +305,9 @@ class HttpNotifier:
             return _Reply(status_code=status, error=f"HTTP {status}: redirects are not followed")
         retry_after = None
         if status in (429, 503):
-            retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.now())
+            retry_after = parse_retry_after(
+                response.headers.get("Retry-After"), now=self._clock.now(), cap=MAX_RETRY_AFTER
+            )
         return _Reply(status_code=status, error=f"HTTP {status}", retry_after=retry_after)
 
     @contextlib.asynccontextmanager
@@ -358,21 +337,3 @@ def _without_credentials(url: str) -> str:
     if not parsed.userinfo:
         return url
     return str(parsed.copy_with(username="***", password=None))
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait per a ``Retry-After`` header (delay-seconds or HTTP-date), capped."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - now
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)

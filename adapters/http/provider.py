@@ -15,15 +15,15 @@ The URLs a submit answer returns are used when they are on the same origin (sche
 as ``base_url``; otherwise, or when absent, they are built from the route's ``queue_path``
 (default: its ``path``). So the API key is never sent to another host.
 
-Every HTTP call is retried on transport errors, 408, 429 and 5xx (``Retry-After`` honoured),
-with backoff, up to ``max_retries`` times; other 4xx fail the job at once. Waits go through the
-injected clock, and the whole attempt is bounded by ``timeout`` seconds on that clock.
+Every HTTP call is retried on transport errors, 408, 429 and 5xx, up to ``max_retries`` times,
+after ``Retry-After`` (seconds or an HTTP date, at most an hour) when the answer has one, else
+with backoff; other 4xx fail the job at once. Waits go through the injected clock, and the whole
+attempt is bounded by ``timeout`` seconds on that clock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -34,6 +34,7 @@ import anyio
 import httpx
 from attrs import define, frozen
 
+from adapters.net import exponential, parse_retry_after
 from engine.clock import Clock, SystemClock
 from engine.errors import ConfigError, ProviderError
 from engine.models import JobRequest, Video
@@ -353,7 +354,9 @@ class HttpVideoProvider:
                 problem = f"HTTP {status}: {_detail(response)}"
                 if not _retryable_status(status):
                     raise ProviderError(self._redact(f"{what} failed: {problem}"), retryable=False)
-                retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.now())
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), now=self._clock.now(), cap=_MAX_RETRY_AFTER
+                )
             if tries > self._max_retries:
                 message = f"{what} failed after {tries} tries: {problem}"
                 raise ProviderError(self._redact(message), retryable=True) from cause
@@ -391,7 +394,7 @@ class HttpVideoProvider:
         return headers
 
     def _backoff(self, tries: int) -> float:
-        return min(self._poll_interval * 2.0 ** (tries - 1), self._max_poll_interval)
+        return exponential(tries - 1, base=self._poll_interval, cap=self._max_poll_interval)
 
     @contextlib.asynccontextmanager
     async def _client_scope(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -666,23 +669,3 @@ def _describe_item(item: object) -> str:
 
 def _clip(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait per ``Retry-After`` (delay-seconds or an HTTP date), capped."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - now
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)

@@ -1,19 +1,20 @@
-"""Keep webhooks away from private networks (server-side request forgery).
+"""Keep requests to user-given URLs away from private networks (server-side request forgery).
 
-A webhook URL comes from a user, and the engine POSTs to it from inside your network. So a
-destination is refused unless every address its host stands for is public: not loopback, private
-(10/8, 172.16/12, 192.168/16, fc00::/7), link-local (169.254/16, fe80::/10), carrier-grade NAT
-(100.64/10), multicast, unspecified, reserved or otherwise special-purpose, and not an IPv6 form
-(IPv4-mapped, 6to4, NAT64) of such an IPv4 address. Networks listed in ``allowed_networks``
-(CIDR strings such as ``"127.0.0.0/8"``) are permitted anyway.
+A webhook URL, or an input URL in a plan, comes from a user, and the engine sends a request to it
+from inside your network. So a destination is refused unless every address its host stands for
+is public: not loopback, private (10/8, 172.16/12, 192.168/16, fc00::/7), link-local
+(169.254/16, fe80::/10), carrier-grade NAT (100.64/10), multicast, unspecified, reserved or
+otherwise special-purpose, and not an IPv6 form (IPv4-mapped, 6to4, NAT64) of such an IPv4
+address. Networks listed in ``allowed_networks`` (CIDR strings such as ``"127.0.0.0/8"``) are
+permitted anyway.
 
 Hosts that spell an IPv4 address oddly (``2130706433``, ``0x7f.0.0.1``, ``127.1``; httpx itself
 rejects ``0177.0.0.1``) are read the way ``inet_aton`` reads them and the address they mean is
 judged like any other, so the answer never depends on the resolver's taste.
 
 The caller must connect to the address that was checked, not resolve the name again (DNS
-rebinding): :class:`~adapters.http.HttpNotifier` sends the request to the IP and keeps the
-original ``Host`` header and TLS server name.
+rebinding): :func:`adapters.net.send_checked` does that, sending the request to the IP and keeping
+the original ``Host`` header and TLS server name.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from engine.errors import ConfigError, EngineError
 
 __all__ = [
     "Address",
+    "DestinationRefused",
     "Network",
     "WebhookRefused",
     "check_url",
+    "inet_aton",
+    "judge",
     "literal_address",
     "parse_networks",
     "refusal_reason",
@@ -43,8 +47,13 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class WebhookRefused(EngineError):
-    """A webhook destination is not allowed: bad URL, or an address inside a refused network."""
+class DestinationRefused(EngineError):
+    """A destination is not allowed: not an http(s) URL with a host, or a host that stands for an
+    address inside a refused network. Final: trying again will not help."""
+
+
+#: The name ``adapters.http`` has exported since webhooks were the only user of the guard.
+WebhookRefused = DestinationRefused
 
 
 _V4 = ipaddress.IPv4Network
@@ -85,13 +94,13 @@ def check_url(url: str | httpx.URL) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise WebhookRefused(f"webhook URL is not valid: {exc}") from None
+        raise DestinationRefused(f"URL is not valid: {exc}") from None
     if parsed.scheme not in ("http", "https"):
-        raise WebhookRefused(
-            f"webhook URL scheme must be http or https, not {parsed.scheme or 'missing'!r}"
+        raise DestinationRefused(
+            f"URL scheme must be http or https, not {parsed.scheme or 'missing'!r}"
         )
     if not parsed.host:
-        raise WebhookRefused("webhook URL has no host")
+        raise DestinationRefused("URL has no host")
     return parsed
 
 
@@ -188,8 +197,8 @@ async def resolve_checked(
 ) -> list[Address]:
     """Every address ``host`` resolves to, in resolver order, once all of them are permitted.
 
-    Raises :class:`WebhookRefused` naming the first refused address and why. A host that does not
-    resolve raises ``OSError`` (``socket.gaierror``): that is a failure worth retrying, not a
+    Raises :class:`DestinationRefused` naming the first refused address and why. A host that does
+    not resolve raises ``OSError`` (``socket.gaierror``): that is a failure worth retrying, not a
     refusal.
     """
     allowed = parse_networks(allowed_networks)
@@ -208,9 +217,10 @@ async def resolve_checked(
     for address in addresses:
         reason = judge(address, allowed)
         if reason is not None:
-            shown = host if literal is None else f"{host} (that is {address})"
-            raise WebhookRefused(
-                f"webhook destination {shown} refused: {address} is a {reason} address; "
+            spelled = literal is not None and host != str(address)
+            shown = f"{host} (that is {address})" if spelled else host
+            raise DestinationRefused(
+                f"destination {shown} refused: {address} is a {reason} address; "
                 "list its network in allowed_networks to permit it"
             )
     return addresses
