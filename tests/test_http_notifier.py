@@ -14,8 +14,6 @@ import hmac
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -24,6 +22,7 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 from attrs import define, field
+from clocks import SteppingClock
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from adapters.http import DeliveryAttempt, HttpNotifier, WebhookRefused
@@ -135,30 +134,6 @@ class Receiver:
         return Received(path, headers, body, hex_ok, standard_ok, ours_ok)
 
 
-class SteppingClock:
-    """A ManualClock that advances itself to every deadline slept until, recording each one.
-
-    ``on_sleep`` (if set) runs first, so a test can change the world between attempts.
-    """
-
-    def __init__(self) -> None:
-        # Near real time: the stock Standard Webhooks verifier checks against the wall clock.
-        self.manual = ManualClock(now=float(int(datetime.now(tz=UTC).timestamp())))
-        self.deadlines: list[float] = []
-        self.on_sleep: Callable[[float], Awaitable[None]] | None = None
-
-    def now(self) -> float:
-        return self.manual.now()
-
-    async def sleep_until(self, deadline: float) -> None:
-        if deadline > self.manual.now():
-            self.deadlines.append(deadline)
-            if self.on_sleep is not None:
-                await self.on_sleep(deadline)
-            self.manual.advance(deadline - self.manual.now())
-        await self.manual.sleep_until(deadline)
-
-
 def notification(
     url: str, secret: str | None = SECRET, event_id: str = "evt_1", attempts_made: int = 0
 ) -> Notification:
@@ -183,7 +158,7 @@ def notifier(clock: SteppingClock, **kwargs: Any) -> HttpNotifier:
 
 
 async def test_delivered_with_both_signatures_valid() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     seen: list[DeliveryAttempt] = []
     async with anyio.create_task_group() as tg:
@@ -216,7 +191,7 @@ async def test_delivered_with_both_signatures_valid() -> None:
 
 
 async def test_without_secret_no_signatures_but_ids() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -239,7 +214,7 @@ async def test_no_webhook_means_nothing_to_do() -> None:
 
 
 async def test_500_then_500_then_200_retries_with_the_same_id() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(500), Reply(500), Reply(200)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -262,7 +237,7 @@ async def test_500_then_500_then_200_retries_with_the_same_id() -> None:
 
 
 async def test_gives_up_after_the_schedule() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(500)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -278,7 +253,7 @@ async def test_gives_up_after_the_schedule() -> None:
 
 
 async def test_redirect_is_not_followed() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         port = await tg.start(receiver.run)
@@ -296,7 +271,7 @@ async def test_redirect_is_not_followed() -> None:
 
 
 async def test_receiver_down_then_up() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         # Find a free port, then leave it closed: the first attempt is refused.
@@ -326,7 +301,7 @@ async def test_receiver_down_then_up() -> None:
 
 
 async def test_slow_receiver_times_out() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     never = anyio.Event()
     receiver = Receiver(clock.manual, replies=[Reply(200, hold=never)])
     async with anyio.create_task_group() as tg:
@@ -343,7 +318,7 @@ async def test_slow_receiver_times_out() -> None:
 
 
 async def test_410_stops_at_once() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(410)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -358,7 +333,7 @@ async def test_410_stops_at_once() -> None:
 
 @pytest.mark.parametrize("status", [429, 503])
 async def test_retry_after_seconds_is_honoured(status: int) -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(status, {"Retry-After": "120"}), Reply(200)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -372,7 +347,7 @@ async def test_retry_after_seconds_is_honoured(status: int) -> None:
 
 
 async def test_retry_after_http_date_is_honoured() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -386,7 +361,7 @@ async def test_retry_after_http_date_is_honoured() -> None:
 
 
 async def test_shorter_retry_after_does_not_shorten_the_schedule() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(503, {"Retry-After": "1"}), Reply(200)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -398,7 +373,7 @@ async def test_shorter_retry_after_does_not_shorten_the_schedule() -> None:
 
 
 async def test_loopback_refused_without_allowed_networks() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     seen: list[DeliveryAttempt] = []
     async with anyio.create_task_group() as tg:
@@ -421,7 +396,7 @@ async def test_loopback_refused_without_allowed_networks() -> None:
 
 
 async def test_localhost_name_is_refused_too() -> None:
-    sender = notifier(SteppingClock(), allowed_networks=(), retry_schedule=(0, 5))
+    sender = notifier(SteppingClock.at_wall_time(), allowed_networks=(), retry_schedule=(0, 5))
     await sender.notify(notification("http://localhost:9/hook"))
     [attempt] = sender.attempts
     assert attempt.outcome == "failed"
@@ -432,7 +407,7 @@ async def test_localhost_name_is_refused_too() -> None:
     "url", ["ftp://example.com/x", "http:///nohost", "http://0177.0.0.1/", "file:///etc/passwd"]
 )
 async def test_bad_urls_are_refused_and_final(url: str) -> None:
-    sender = notifier(SteppingClock(), retry_schedule=(0, 5))
+    sender = notifier(SteppingClock.at_wall_time(), retry_schedule=(0, 5))
     await sender.notify(notification(url))
     [attempt] = sender.attempts
     assert attempt.outcome == "failed"
@@ -440,7 +415,7 @@ async def test_bad_urls_are_refused_and_final(url: str) -> None:
 
 
 async def test_bad_whsec_secret_is_final_and_not_shown() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -454,7 +429,7 @@ async def test_bad_whsec_secret_is_final_and_not_shown() -> None:
 
 
 async def test_async_on_attempt_and_jittered_delay() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(500), Reply(204)])
     seen: list[DeliveryAttempt] = []
 
@@ -476,7 +451,7 @@ async def test_async_on_attempt_and_jittered_delay() -> None:
 
 
 async def test_failing_on_attempt_does_not_stop_delivery() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
 
     def broken(attempt: DeliveryAttempt) -> None:
@@ -502,7 +477,7 @@ async def test_request_goes_to_the_checked_ip_with_host_and_sni_kept() -> None:
 
     allowed = ("127.0.0.0/8", "::1/128")
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = notifier(SteppingClock(), client=client, allowed_networks=allowed)
+        sender = notifier(SteppingClock.at_wall_time(), client=client, allowed_networks=allowed)
         await sender.notify(notification("https://localhost:8443/hook?x=1"))
         await sender.notify(notification("http://localhost/plain", event_id="evt_2"))
     tls, plain = sent
@@ -522,7 +497,7 @@ async def test_transport_errors_never_escape() -> None:
         raise httpx.ReadError("connection reset", request=request)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 1))
+        sender = notifier(SteppingClock.at_wall_time(), client=client, retry_schedule=(0, 1))
         await sender.notify(notification("http://127.0.0.1:1/hook"))
     assert [a.outcome for a in sender.attempts] == ["retry", "failed"]
     assert "ReadError" in (sender.attempts[0].error or "")
@@ -691,7 +666,7 @@ async def test_credentials_in_the_url_are_masked_in_records() -> None:
         return httpx.Response(200)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = notifier(SteppingClock(), client=client)
+        sender = notifier(SteppingClock.at_wall_time(), client=client)
         await sender.notify(notification("http://user:hunter2@127.0.0.1:8080/hook"))
     [attempt] = sender.attempts
     assert attempt.outcome == "delivered"
@@ -700,7 +675,7 @@ async def test_credentials_in_the_url_are_masked_in_records() -> None:
 
 
 async def test_payload_that_is_not_json_fails_without_raising() -> None:
-    sender = notifier(SteppingClock(), retry_schedule=(0, 5))
+    sender = notifier(SteppingClock.at_wall_time(), retry_schedule=(0, 5))
     bad = Notification(
         event_id="evt_1",
         execution_id="exec_1",
@@ -725,7 +700,7 @@ async def test_concurrent_deliveries_keep_their_own_results() -> None:
         return httpx.Response(500 if seen[event] == 1 else 200)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 5))
+        sender = notifier(SteppingClock.at_wall_time(), client=client, retry_schedule=(0, 5))
         async with anyio.create_task_group() as tg:
             for event in ("evt_ok", "evt_gone"):
                 tg.start_soon(sender.notify, notification("http://127.0.0.1:9/h", event_id=event))
@@ -764,9 +739,9 @@ async def test_record_is_awaited_for_every_attempt() -> None:
         recorded.append(attempt)
 
     async with httpx.AsyncClient(transport=transport) as client:
-        sender = notifier(
-            SteppingClock(), client=client, retry_schedule=(0, 5, 60), on_attempt=observed.append
-        )
+        clock = SteppingClock.at_wall_time()
+        schedule = (0, 5, 60)
+        sender = notifier(clock, client=client, retry_schedule=schedule, on_attempt=observed.append)
         await sender.notify(notification("http://127.0.0.1:9/hook"), record)
 
     assert recorded == sender.attempts == observed
@@ -779,7 +754,7 @@ async def test_record_is_awaited_for_every_attempt() -> None:
 
 
 async def test_a_continued_delivery_numbers_on_and_follows_the_rest_of_the_schedule() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     transport, sent = replying(500, 500, 200)
     recorded: list[DeliveryAttempt] = []
 
@@ -804,7 +779,7 @@ async def test_a_continued_delivery_numbers_on_and_follows_the_rest_of_the_sched
 async def test_the_last_attempt_of_the_schedule_is_final() -> None:
     transport, sent = replying(500)
     async with httpx.AsyncClient(transport=transport) as client:
-        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 5, 60))
+        sender = notifier(SteppingClock.at_wall_time(), client=client, retry_schedule=(0, 5, 60))
         await sender.notify(notification("http://127.0.0.1:9/hook", attempts_made=2))
 
     [attempt] = sender.attempts
@@ -814,7 +789,7 @@ async def test_the_last_attempt_of_the_schedule_is_final() -> None:
 
 @pytest.mark.parametrize(("status", "outcome"), [(500, "failed"), (204, "delivered")])
 async def test_a_used_up_schedule_still_gets_one_last_attempt(status: int, outcome: str) -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     transport, sent = replying(status)
     recorded: list[DeliveryAttempt] = []
 
@@ -838,7 +813,7 @@ async def test_a_refused_destination_is_recorded_too() -> None:
     async def record(attempt: DeliveryAttempt) -> None:
         recorded.append(attempt)
 
-    sender = notifier(SteppingClock(), allowed_networks=(), retry_schedule=(0, 5))
+    sender = notifier(SteppingClock.at_wall_time(), allowed_networks=(), retry_schedule=(0, 5))
     await sender.notify(notification("http://127.0.0.1:9/hook", attempts_made=3), record)
 
     [attempt] = recorded
@@ -854,7 +829,7 @@ async def test_a_refused_destination_is_recorded_too() -> None:
 async def test_record_raising_stops_the_delivery(
     failure: Exception, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     transport, sent = replying(500)
     calls: list[int] = []
 
@@ -886,7 +861,7 @@ async def test_record_raising_after_the_last_attempt_returns_quietly() -> None:
         raise LeaseLost(["exec_1"])
 
     async with httpx.AsyncClient(transport=transport) as client:
-        sender = notifier(SteppingClock(), client=client)
+        sender = notifier(SteppingClock.at_wall_time(), client=client)
         await sender.notify(notification("http://127.0.0.1:9/hook"), record)
 
     assert len(sent) == 1
