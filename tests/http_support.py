@@ -1,5 +1,7 @@
-"""A real HTTP server for tests: uvicorn on 127.0.0.1 (a free port) serving ``contrib.asgi`` over
-an engine, inside the test's own task group; and a webhook receiver served the same way."""
+"""Real HTTP servers for tests: :func:`serving` runs any ASGI app under uvicorn on 127.0.0.1 (a
+free port) inside the test's own task group; :func:`live_api` serves ``contrib.asgi`` over an
+engine that way, :func:`webhook_receiver` a webhook receiver (the queue API a hosted model offers
+is in ``queue_api.py``)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from adapters.http import HttpNotifier
 from adapters.memory import FakeVideoProvider, RecordingNotifier
 from contrib.asgi import App, create_app
 from contrib.serve import RunningServer, serve_app
-from contrib.types import Receive, Scope, Send
+from contrib.types import ASGIApp, Receive, Scope, Send
 from engine import Engine
 
 #: Where loopback receivers listen: what an engine's notifier must allow to reach them.
@@ -58,6 +60,20 @@ class Live:
     http_notifier: HttpNotifier | None = None
 
 
+@asynccontextmanager
+async def serving(app: ASGIApp, *, grace: int = 1) -> AsyncIterator[RunningServer]:
+    """``app`` served by uvicorn on 127.0.0.1 (a free port) in a task group of the caller's
+    task, until the block ends (then shut down within ``grace`` seconds)."""
+    async with anyio.create_task_group() as task_group:
+        server: RunningServer = await task_group.start(
+            partial(serve_app, app, host="127.0.0.1", port=0, timeout_graceful_shutdown=grace)
+        )
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 def loopback_notifier(retry_schedule: Sequence[float] = (0, 0, 0)) -> HttpNotifier:
     """An HTTP notifier that may reach receivers on 127.0.0.0/8, retrying at once."""
     return HttpNotifier(allowed_networks=LOOPBACK, retry_schedule=tuple(retry_schedule), timeout=5)
@@ -89,16 +105,8 @@ async def live_api(
     async with engine:
         app = create_app(engine, api_keys=api_keys, **app_options)
         counting = CountingApp(app)
-        async with anyio.create_task_group() as task_group:
-            server: RunningServer = await task_group.start(
-                partial(serve_app, counting, host="127.0.0.1", port=0, timeout_graceful_shutdown=5)
-            )
-            try:
-                yield Live(
-                    server.url, engine, app, counting, provider, notifier, server, http_notifier
-                )
-            finally:
-                server.stop()
+        async with serving(counting, grace=5) as server:
+            yield Live(server.url, engine, app, counting, provider, notifier, server, http_notifier)
 
 
 @define
@@ -165,12 +173,6 @@ class Receiver:
 async def webhook_receiver(statuses: Sequence[int] = (200,)) -> AsyncIterator[Receiver]:
     """A :class:`Receiver` served by uvicorn on 127.0.0.1 (a free port), path ``/hook``."""
     receiver = Receiver(statuses)
-    async with anyio.create_task_group() as task_group:
-        server: RunningServer = await task_group.start(
-            partial(serve_app, receiver, host="127.0.0.1", port=0, timeout_graceful_shutdown=1)
-        )
+    async with serving(receiver) as server:
         receiver.url = server.url + "/hook"
-        try:
-            yield receiver
-        finally:
-            server.stop()
+        yield receiver

@@ -362,7 +362,7 @@ async def test_completion_is_written_once_and_graph_holds_only_unfinished_work()
         assert engine.scheduler.stats().live_jobs == 0
         storage = engine.storage
         metrics = await engine.metrics()
-    journal = storage.journal  # type: ignore[attr-defined]
+    journal = storage.journal  # type: ignore[union-attr]
     completions = [
         (c.execution_id, c.job_id)
         for c in journal

@@ -61,17 +61,17 @@ import hypothesis
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from attrs import define, field, frozen
+from backends import STORES, StoreOpener, WatchedStorage
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from strategies import plans
 
-from adapters.memory import FakeVideoProvider, MemoryQueue, MemoryStorage, RecordingNotifier
-from adapters.sqlite import SqliteStorage
+from adapters.memory import FakeVideoProvider, MemoryQueue, RecordingNotifier
 from engine import (
     Engine,
     ExecutionPlan,
     InvalidState,
-    JobSpec,
     ManualClock,
     ProviderError,
     RetryPolicy,
@@ -80,7 +80,6 @@ from engine.errors import LeaseLost
 from engine.models import (
     TERMINAL,
     Change,
-    DeliveryAttempt,
     Execution,
     ExecutionUpdate,
     JobRef,
@@ -95,76 +94,8 @@ T = TypeVar("T")
 
 # --- backends ------------------------------------------------------------------------------------
 
-#: Gives the store of each new engine of a world.
-StoreOpener: TypeAlias = Callable[[], Storage]
-
-
-def _memory(directory: Path) -> StoreOpener:
-    store = MemoryStorage(keep_journal=False)  # one object, shared by every engine of the world
-    return lambda: store
-
-
-def _sqlite(directory: Path) -> StoreOpener:
-    path = directory / "engine.db"
-    # NORMAL: a process crash loses nothing in WAL mode (only a power loss would); spares fsyncs.
-    return lambda: SqliteStorage(path, synchronous="NORMAL")
-
-
 #: One world per backend; the first is the reference the others must agree with.
-BACKENDS: dict[str, Callable[[Path], StoreOpener]] = {"memory": _memory, "sqlite": _sqlite}
-
-# --- plans ---------------------------------------------------------------------------------------
-
-ASPECTS = ("16:9", "9:16", "1:1")
-TRANSFORMS = ("reframe", "lipSync", "addSubtitles")
-
-
-def _params(draw: st.DrawFn, kind: str, index: int) -> dict[str, object]:
-    if kind == "generate":
-        return {
-            "prompt": f"scene {index}",
-            "duration": draw(st.integers(1, 8)),
-            "aspectRatio": draw(st.sampled_from(ASPECTS)),
-        }
-    if kind == "merge":
-        return {"transition": draw(st.sampled_from(("none", "crossfade"))), "transitionDuration": 1}
-    if kind == "reframe":
-        return {"aspectRatio": draw(st.sampled_from(ASPECTS))}
-    if kind == "lipSync":
-        return {"audioUrl": "https://cdn.example.com/voice.mp3"}
-    return {"language": draw(st.sampled_from(("fr", "de")))}
-
-
-@st.composite
-def plans(draw: st.DrawFn, *, has_base: bool) -> ExecutionPlan:
-    """A valid plan of 1 to 6 jobs: each depends on a few earlier ones, its type fits its number
-    of inputs, and a merge of the sinks ends it when there are several. With a base, a root job
-    may be a transform of the base's video."""
-    count = draw(st.integers(1, 5))
-    jobs: list[JobSpec] = []
-    for index in range(count):
-        width = min(index, draw(st.sampled_from((0, 1, 1, 2))))
-        picked = (
-            draw(st.sets(st.integers(0, index - 1), min_size=width, max_size=width))
-            if width
-            else set()
-        )
-        deps = tuple(jobs[i].id for i in sorted(picked))
-        if not deps:
-            kind = draw(st.sampled_from(("generate", *TRANSFORMS))) if has_base else "generate"
-        elif len(deps) == 1:
-            kind = draw(st.sampled_from(TRANSFORMS))
-        else:
-            kind = "merge"
-        jobs.append(JobSpec(f"job{index + 1}", kind, _params(draw, kind, index), deps))
-    needed = {dep for job in jobs for dep in job.depends_on}
-    sinks = tuple(job.id for job in jobs if job.id not in needed)
-    if len(sinks) > 1:
-        jobs.append(JobSpec(f"job{count + 1}", "merge", _params(draw, "merge", count), sinks))
-    plan = ExecutionPlan(tuple(jobs))
-    plan.check(has_base=has_base)  # the strategy must only make valid plans
-    return plan
-
+BACKENDS: dict[str, Callable[[Path], StoreOpener]] = {store.name: store.opener for store in STORES}
 
 # --- what a world logs ---------------------------------------------------------------------------
 
@@ -235,116 +166,26 @@ def _failure(kind: FailureKind) -> Exception:
 # --- the instrumented ports ----------------------------------------------------------------------
 
 
-class TrackedStorage:
+class TrackedStorage(WatchedStorage):
     """The store as one engine sees it: logs every accepted ``apply`` (and every fenced one)
-    and counts calls in flight, so that the world knows when it is quiescent (an ``aiosqlite``
-    call waits for a thread: the loop looks idle while it runs)."""
+    and counts calls in flight, so that the world knows when it is quiescent."""
 
     def __init__(self, inner: Storage, world: World, engine: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.world = world
         self.engine = engine
 
-    async def _call(self, call: Awaitable[T]) -> T:
-        world = self.world
-        world.enter()
-        try:
-            return await call
-        finally:
-            world.leave()
-            # A store with I/O yields after each call; opens the windows between a write and
-            # the writer acting on it, in memory too.
-            await anyio.lowlevel.checkpoint()
-
-    async def open(self) -> None:
-        await self._call(self.inner.open())
-
-    async def close(self) -> None:
-        await self._call(self.inner.close())
-
-    async def create(
-        self,
-        execution: Execution,
-        fingerprint: str | None = None,
-        *,
-        owner: str | None = None,
-        lease_until: float | None = None,
-    ) -> Execution:
-        return await self._call(
-            self.inner.create(execution, fingerprint, owner=owner, lease_until=lease_until)
-        )
-
-    async def get(self, execution_id: str) -> Execution | None:
-        return await self._call(self.inner.get(execution_id))
-
-    async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
+    def enter(self) -> None:
         self.world.enter()
-        try:
-            await self.inner.apply(changes, owner=owner)
-        except LeaseLost as lost:
-            self.world.log.append(Fenced(self.engine, lost.execution_ids))
-            raise
-        else:
-            self.world.log.append(Wrote(self.engine, tuple(changes)))
-        finally:
-            self.world.leave()
-            await anyio.lowlevel.checkpoint()
 
-    async def claim(
-        self,
-        owner: str,
-        *,
-        now: float,
-        lease_until: float,
-        limit: int | None = None,
-        ids: Collection[str] | None = None,
-        dead_owners: Collection[str] = (),
-    ) -> list[Execution]:
-        return await self._call(
-            self.inner.claim(
-                owner,
-                now=now,
-                lease_until=lease_until,
-                limit=limit,
-                ids=ids,
-                dead_owners=dead_owners,
-            )
-        )
+    def leave(self) -> None:
+        self.world.leave()
 
-    async def renew(self, owner: str, *, lease_until: float) -> set[str]:
-        return await self._call(self.inner.renew(owner, lease_until=lease_until))
+    def applied(self, changes: Sequence[Change]) -> None:
+        self.world.log.append(Wrote(self.engine, tuple(changes)))
 
-    async def release(self, owner: str, ids: Collection[str] | None = None) -> None:
-        await self._call(self.inner.release(owner, ids))
-
-    async def holders(self) -> dict[str, float]:
-        return await self._call(self.inner.holders())
-
-    async def claim_outbox(
-        self,
-        owner: str,
-        *,
-        now: float,
-        lease_until: float,
-        dead_owners: Collection[str] = (),
-    ) -> list[Notification]:
-        return await self._call(
-            self.inner.claim_outbox(
-                owner, now=now, lease_until=lease_until, dead_owners=dead_owners
-            )
-        )
-
-    async def deliveries(self, execution_id: str) -> list[DeliveryAttempt]:
-        return await self._call(self.inner.deliveries(execution_id))
-
-    async def outbox_counts(self) -> dict[str, int]:
-        return await self._call(self.inner.outbox_counts())
-
-    async def unfinished(self) -> list[Execution]:
-        return await self._call(self.inner.unfinished())
-
-    async def counts(self) -> dict[str, int]:
-        return await self._call(self.inner.counts())
+    def fenced(self, lost: LeaseLost) -> None:
+        self.world.log.append(Fenced(self.engine, lost.execution_ids))
 
 
 class CountingQueue:
@@ -423,6 +264,9 @@ async def _host(
 
 # --- a world -------------------------------------------------------------------------------------
 
+#: Jobs in a plan the machine submits (one more for a final merge): small, so steps go to
+#: running them rather than to building them.
+MACHINE_JOBS = 5
 RETRY_DELAY = 1.0
 LEASE, SWEEP_INTERVAL = 30.0, 5.0
 #: The engine that takes work over has a short lease.
@@ -1017,12 +861,12 @@ class EngineMachine(RuleBasedStateMachine):
     # --- rules -----------------------------------------------------------------------------------
 
     @precondition(lambda self: len(self.reference.executions) < MAX_SUBMISSIONS)
-    @rule(plan=plans(has_base=False), webhook=st.booleans())
+    @rule(plan=plans(has_base=False, max_jobs=MACHINE_JOBS), webhook=st.booleans())
     def submit(self, plan: ExecutionPlan, webhook: bool) -> None:
         self.each(lambda w: w.step(lambda: w.submit(plan, None, webhook)))
 
     @precondition(lambda self: 0 < len(self.reference.executions) < MAX_SUBMISSIONS)
-    @rule(plan=plans(has_base=True), webhook=st.booleans(), data=st.data())
+    @rule(plan=plans(has_base=True, max_jobs=MACHINE_JOBS), webhook=st.booleans(), data=st.data())
     def submit_variant(self, plan: ExecutionPlan, webhook: bool, data: st.DataObject) -> None:
         base = data.draw(self.some_execution(), label="base")
         hypothesis.event(f"variant of a {self.reference_status(base)} base")

@@ -10,7 +10,6 @@ import functools
 import http.server
 import itertools
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from urllib.parse import quote, unquote
 
 import anyio
 import pytest
+from processes import ffmpeg_children, running
 
 from adapters.ffmpeg import (
     FFmpegFailed,
@@ -525,30 +525,6 @@ async def test_probe_reads_other_formats_and_refuses_non_media(env: Env) -> None
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def ffmpeg_children(exe: str) -> list[int]:
-    """PIDs of live FFmpeg processes that are children of this process, read from /proc."""
-    found = []
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            target = os.readlink(entry / "exe")
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        state, ppid = fields[0], int(fields[1])
-        if ppid == me and state != "Z" and os.path.basename(target) == os.path.basename(exe):
-            found.append(int(entry.name))
-    return found
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a process (a zombie counts: it has not been waited for)."""
-    return Path(f"/proc/{pid}").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")

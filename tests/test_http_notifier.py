@@ -13,8 +13,6 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -23,6 +21,7 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 from attrs import define, field
+from clocks import SteppingClock
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from adapters.http import DeliveryAttempt, HttpNotifier, WebhookRefused
@@ -126,30 +125,6 @@ class Receiver:
         return Received(path, headers, body, hex_ok, standard_ok, ours_ok)
 
 
-class SteppingClock:
-    """A ManualClock that advances itself to every deadline slept until, recording each one.
-
-    ``on_sleep`` (if set) runs first, so a test can change the world between attempts.
-    """
-
-    def __init__(self) -> None:
-        # Near real time: the stock Standard Webhooks verifier checks against the wall clock.
-        self.manual = ManualClock(now=float(int(datetime.now(tz=UTC).timestamp())))
-        self.deadlines: list[float] = []
-        self.on_sleep: Callable[[float], Awaitable[None]] | None = None
-
-    def now(self) -> float:
-        return self.manual.now()
-
-    async def sleep_until(self, deadline: float) -> None:
-        if deadline > self.manual.now():
-            self.deadlines.append(deadline)
-            if self.on_sleep is not None:
-                await self.on_sleep(deadline)
-            self.manual.advance(deadline - self.manual.now())
-        await self.manual.sleep_until(deadline)
-
-
 def notification(
     url: str, secret: str | None = SECRET, event_id: str = "evt_1", attempts_made: int = 0
 ) -> Notification:
@@ -174,7 +149,7 @@ def notifier(clock: SteppingClock, **kwargs: Any) -> HttpNotifier:
 
 
 async def test_delivered_with_both_signatures_valid() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     seen: list[DeliveryAttempt] = []
     async with anyio.create_task_group() as tg:
@@ -207,7 +182,7 @@ async def test_delivered_with_both_signatures_valid() -> None:
 
 
 async def test_without_secret_no_signatures_but_ids() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -230,7 +205,7 @@ async def test_no_webhook_means_nothing_to_do() -> None:
 
 
 async def test_500_then_500_then_200_retries_with_the_same_id() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(500), Reply(500), Reply(200)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -253,7 +228,7 @@ async def test_500_then_500_then_200_retries_with_the_same_id() -> None:
 
 
 async def test_gives_up_after_the_schedule() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(500)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -269,7 +244,7 @@ async def test_gives_up_after_the_schedule() -> None:
 
 
 async def test_redirect_is_not_followed() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         port = await tg.start(receiver.run)
@@ -287,7 +262,7 @@ async def test_redirect_is_not_followed() -> None:
 
 
 async def test_receiver_down_then_up() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         # Find a free port, then leave it closed: the first attempt is refused.
@@ -317,7 +292,7 @@ async def test_receiver_down_then_up() -> None:
 
 
 async def test_slow_receiver_times_out() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     never = anyio.Event()
     receiver = Receiver(clock.manual, replies=[Reply(200, hold=never)])
     async with anyio.create_task_group() as tg:
@@ -334,7 +309,7 @@ async def test_slow_receiver_times_out() -> None:
 
 
 async def test_410_stops_at_once() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(410)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -349,7 +324,7 @@ async def test_410_stops_at_once() -> None:
 
 @pytest.mark.parametrize("status", [429, 503])
 async def test_retry_after_seconds_is_honoured(status: int) -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(status, {"Retry-After": "120"}), Reply(200)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -363,7 +338,7 @@ async def test_retry_after_seconds_is_honoured(status: int) -> None:
 
 
 async def test_retry_after_http_date_is_honoured() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -404,7 +379,7 @@ async def test_a_huge_retry_after_is_capped_at_a_day() -> None:
 
 
 async def test_shorter_retry_after_does_not_shorten_the_schedule() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(503, {"Retry-After": "1"}), Reply(200)])
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -416,7 +391,7 @@ async def test_shorter_retry_after_does_not_shorten_the_schedule() -> None:
 
 
 async def test_loopback_refused_without_allowed_networks() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     seen: list[DeliveryAttempt] = []
     async with anyio.create_task_group() as tg:
@@ -439,7 +414,7 @@ async def test_loopback_refused_without_allowed_networks() -> None:
 
 
 async def test_localhost_name_is_refused_too() -> None:
-    sender = notifier(SteppingClock(), allowed_networks=(), retry_schedule=(0, 5))
+    sender = notifier(SteppingClock.at_wall_time(), allowed_networks=(), retry_schedule=(0, 5))
     await sender.notify(notification("http://localhost:9/hook"))
     [attempt] = sender.attempts
     assert attempt.outcome == "failed"
@@ -450,7 +425,7 @@ async def test_localhost_name_is_refused_too() -> None:
     "url", ["ftp://example.com/x", "http:///nohost", "http://0177.0.0.1/", "file:///etc/passwd"]
 )
 async def test_bad_urls_are_refused_and_final(url: str) -> None:
-    sender = notifier(SteppingClock(), retry_schedule=(0, 5))
+    sender = notifier(SteppingClock.at_wall_time(), retry_schedule=(0, 5))
     await sender.notify(notification(url))
     [attempt] = sender.attempts
     assert attempt.outcome == "failed"
@@ -458,7 +433,7 @@ async def test_bad_urls_are_refused_and_final(url: str) -> None:
 
 
 async def test_bad_whsec_secret_is_final_and_not_shown() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
     async with anyio.create_task_group() as tg:
         await tg.start(receiver.run)
@@ -472,7 +447,7 @@ async def test_bad_whsec_secret_is_final_and_not_shown() -> None:
 
 
 async def test_async_on_attempt_and_jittered_delay() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual, replies=[Reply(500), Reply(204)])
     seen: list[DeliveryAttempt] = []
 
@@ -494,7 +469,7 @@ async def test_async_on_attempt_and_jittered_delay() -> None:
 
 
 async def test_failing_on_attempt_does_not_stop_delivery() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     receiver = Receiver(clock.manual)
 
     def broken(attempt: DeliveryAttempt) -> None:
@@ -520,7 +495,7 @@ async def test_request_goes_to_the_checked_ip_with_host_and_sni_kept() -> None:
 
     allowed = ("127.0.0.0/8", "::1/128")
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = notifier(SteppingClock(), client=client, allowed_networks=allowed)
+        sender = notifier(SteppingClock.at_wall_time(), client=client, allowed_networks=allowed)
         await sender.notify(notification("https://localhost:8443/hook?x=1"))
         await sender.notify(notification("http://localhost/plain", event_id="evt_2"))
     tls, plain = sent
@@ -540,7 +515,7 @@ async def test_transport_errors_never_escape() -> None:
         raise httpx.ReadError("connection reset", request=request)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 1))
+        sender = notifier(SteppingClock.at_wall_time(), client=client, retry_schedule=(0, 1))
         await sender.notify(notification("http://127.0.0.1:1/hook"))
     assert [a.outcome for a in sender.attempts] == ["retry", "failed"]
     assert "ReadError" in (sender.attempts[0].error or "")
@@ -570,7 +545,7 @@ async def test_credentials_in_the_url_are_masked_in_records() -> None:
         return httpx.Response(200)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = notifier(SteppingClock(), client=client)
+        sender = notifier(SteppingClock.at_wall_time(), client=client)
         await sender.notify(notification("http://user:hunter2@127.0.0.1:8080/hook"))
     [attempt] = sender.attempts
     assert attempt.outcome == "delivered"
@@ -579,7 +554,7 @@ async def test_credentials_in_the_url_are_masked_in_records() -> None:
 
 
 async def test_payload_that_is_not_json_fails_without_raising() -> None:
-    sender = notifier(SteppingClock(), retry_schedule=(0, 5))
+    sender = notifier(SteppingClock.at_wall_time(), retry_schedule=(0, 5))
     bad = Notification(
         event_id="evt_1",
         execution_id="exec_1",
@@ -604,7 +579,7 @@ async def test_concurrent_deliveries_keep_their_own_results() -> None:
         return httpx.Response(500 if seen[event] == 1 else 200)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 5))
+        sender = notifier(SteppingClock.at_wall_time(), client=client, retry_schedule=(0, 5))
         async with anyio.create_task_group() as tg:
             for event in ("evt_ok", "evt_gone"):
                 tg.start_soon(sender.notify, notification("http://127.0.0.1:9/h", event_id=event))
@@ -643,9 +618,9 @@ async def test_record_is_awaited_for_every_attempt() -> None:
         recorded.append(attempt)
 
     async with httpx.AsyncClient(transport=transport) as client:
-        sender = notifier(
-            SteppingClock(), client=client, retry_schedule=(0, 5, 60), on_attempt=observed.append
-        )
+        clock = SteppingClock.at_wall_time()
+        schedule = (0, 5, 60)
+        sender = notifier(clock, client=client, retry_schedule=schedule, on_attempt=observed.append)
         await sender.notify(notification("http://127.0.0.1:9/hook"), record)
 
     assert recorded == sender.attempts == observed
@@ -658,7 +633,7 @@ async def test_record_is_awaited_for_every_attempt() -> None:
 
 
 async def test_a_continued_delivery_numbers_on_and_follows_the_rest_of_the_schedule() -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     transport, sent = replying(500, 500, 200)
     recorded: list[DeliveryAttempt] = []
 
@@ -683,7 +658,7 @@ async def test_a_continued_delivery_numbers_on_and_follows_the_rest_of_the_sched
 async def test_the_last_attempt_of_the_schedule_is_final() -> None:
     transport, sent = replying(500)
     async with httpx.AsyncClient(transport=transport) as client:
-        sender = notifier(SteppingClock(), client=client, retry_schedule=(0, 5, 60))
+        sender = notifier(SteppingClock.at_wall_time(), client=client, retry_schedule=(0, 5, 60))
         await sender.notify(notification("http://127.0.0.1:9/hook", attempts_made=2))
 
     [attempt] = sender.attempts
@@ -693,7 +668,7 @@ async def test_the_last_attempt_of_the_schedule_is_final() -> None:
 
 @pytest.mark.parametrize(("status", "outcome"), [(500, "failed"), (204, "delivered")])
 async def test_a_used_up_schedule_still_gets_one_last_attempt(status: int, outcome: str) -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     transport, sent = replying(status)
     recorded: list[DeliveryAttempt] = []
 
@@ -717,7 +692,7 @@ async def test_a_refused_destination_is_recorded_too() -> None:
     async def record(attempt: DeliveryAttempt) -> None:
         recorded.append(attempt)
 
-    sender = notifier(SteppingClock(), allowed_networks=(), retry_schedule=(0, 5))
+    sender = notifier(SteppingClock.at_wall_time(), allowed_networks=(), retry_schedule=(0, 5))
     await sender.notify(notification("http://127.0.0.1:9/hook", attempts_made=3), record)
 
     [attempt] = recorded
@@ -733,7 +708,7 @@ async def test_a_refused_destination_is_recorded_too() -> None:
 async def test_record_raising_stops_the_delivery(
     failure: Exception, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = SteppingClock()
+    clock = SteppingClock.at_wall_time()
     transport, sent = replying(500)
     calls: list[int] = []
 
@@ -765,7 +740,7 @@ async def test_record_raising_after_the_last_attempt_returns_quietly() -> None:
         raise LeaseLost(["exec_1"])
 
     async with httpx.AsyncClient(transport=transport) as client:
-        sender = notifier(SteppingClock(), client=client)
+        sender = notifier(SteppingClock.at_wall_time(), client=client)
         await sender.notify(notification("http://127.0.0.1:9/hook"), record)
 
     assert len(sent) == 1

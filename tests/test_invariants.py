@@ -16,10 +16,13 @@ Hypothesis profiles (``dev``, ``ci``) live in ``conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, TypeAlias
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Literal, TypeAlias
 
 import anyio
 import anyio.lowlevel
@@ -27,12 +30,22 @@ import attrs
 import hypothesis
 import pytest
 from attrs import define, field, frozen
+from backends import STORES, StoreBackend, StoreOpener, WatchedStorage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from strategies import TRANSFORMS, chain_plans, plans
 
-from adapters.memory import FakeVideoProvider, MemoryQueue, MemoryStorage, RecordingNotifier
-from engine import Engine, ExecutionPlan, JobSpec, ManualClock, ProviderError, RetryPolicy
+from adapters.memory import FakeVideoProvider, MemoryQueue, RecordingNotifier
+from engine import (
+    Engine,
+    ExecutionPlan,
+    JobSpec,
+    ManualClock,
+    ProviderError,
+    RetryPolicy,
+    Storage,
+)
 from engine.models import (
     TERMINAL,
     Change,
@@ -47,75 +60,7 @@ from engine.models import (
 )
 from engine.scheduler import Scheduler, SchedulerStats, Step, job_infos
 
-# --- strategies --------------------------------------------------------------------------------
-
-ASPECTS = ("16:9", "9:16", "1:1", "4:3")
-TRANSFORMS = ("reframe", "lipSync", "addSubtitles")
-ROOT_TYPES_WITH_BASE = ("generate", *TRANSFORMS)
-
-
-def _params(draw: st.DrawFn, kind: str, index: int) -> dict[str, object]:
-    if kind == "generate":
-        return {
-            "prompt": f"scene {index}",
-            "duration": draw(st.integers(1, 8)),
-            "aspectRatio": draw(st.sampled_from(ASPECTS)),
-        }
-    if kind == "merge":
-        return {
-            "transition": draw(st.sampled_from(("none", "crossfade", "fade"))),
-            "transitionDuration": draw(st.sampled_from((1.0, 0.5))),
-        }
-    if kind == "reframe":
-        return {"aspectRatio": draw(st.sampled_from(ASPECTS))}
-    if kind == "lipSync":
-        return {"audioUrl": "https://cdn.example.com/voice.mp3"}
-    return {"language": draw(st.sampled_from(("fr", "en-US", "de")))}
-
-
-@st.composite
-def plans(draw: st.DrawFn, *, has_base: bool, max_jobs: int = 50) -> ExecutionPlan:
-    """A valid plan: jobs in topological order, each depending on a random set of earlier jobs,
-    its type fitting its number of inputs, and one final job (a merge of the sinks if needed)."""
-    count = draw(st.integers(1, max_jobs))
-    jobs: list[JobSpec] = []
-    for index in range(count):
-        width = min(index, draw(st.sampled_from((0, 1, 1, 1, 2, 3))))
-        picked = (
-            draw(st.lists(st.integers(0, index - 1), min_size=width, max_size=width))
-            if width
-            else []
-        )
-        deps = tuple(jobs[i].id for i in sorted(set(picked)))
-        if not deps:
-            kind = draw(st.sampled_from(ROOT_TYPES_WITH_BASE)) if has_base else "generate"
-        elif len(deps) == 1:
-            kind = draw(st.sampled_from(TRANSFORMS))
-        else:
-            kind = "merge"
-        jobs.append(JobSpec(f"job{index + 1}", kind, _params(draw, kind, index), deps))
-    needed = {dep for job in jobs for dep in job.depends_on}
-    sinks = tuple(job.id for job in jobs if job.id not in needed)
-    if len(sinks) > 1:
-        jobs.append(JobSpec(f"job{count + 1}", "merge", _params(draw, "merge", count), sinks))
-    plan = ExecutionPlan(tuple(jobs))
-    plan.check(has_base=has_base)  # the strategy must only make valid plans
-    return plan
-
-
-@st.composite
-def chain_plans(draw: st.DrawFn) -> ExecutionPlan:
-    """A variant plan with one root job (a transform of the base's video or a new clip) and a
-    chain of transforms after it."""
-    jobs: list[JobSpec] = []
-    for index in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(ROOT_TYPES_WITH_BASE if index == 0 else TRANSFORMS))
-        deps = (jobs[-1].id,) if jobs else ()
-        jobs.append(JobSpec(f"job{index + 1}", kind, _params(draw, kind, index), deps))
-    plan = ExecutionPlan(tuple(jobs))
-    plan.check(has_base=True)
-    return plan
-
+# --- scenarios ----------------------------------------------------------------------------------
 
 FailureKind = Literal["transient", "transient_plain", "permanent"]
 
@@ -243,27 +188,54 @@ class CancelRequest:
     was_live: bool
 
 
-Event: TypeAlias = Start | Finish | Write | CancelRequest
+@frozen
+class CancelDone:
+    """The engine's ``cancel`` call for an execution returned. On a store with I/O the
+    execution may end on its own while the call reads it: then the cancel finds it ended."""
+
+    execution_id: str
 
 
-class LoggedStorage(MemoryStorage):
-    """A :class:`MemoryStorage` that also logs every change it applies and tracks the status
-    of each execution (an execution with no status written yet is pending)."""
+Event: TypeAlias = Start | Finish | Write | CancelRequest | CancelDone
 
-    def __init__(self, log: list[Event]) -> None:
-        super().__init__()
+
+class LoggedStorage(WatchedStorage):
+    """The store of a run (any backend): logs every change it applies, keeps them in order in
+    ``journal``, tracks the status of each execution (an execution with no status written yet is
+    pending) and counts calls in flight, so that a wait knows when the engine is stuck rather
+    than waiting for a thread (SQLite)."""
+
+    #: Only ``apply`` yields (as before SQLite joined): in memory, nothing happens between a
+    #: read and its caller acting on it, so the test's predictions about cancels are exact.
+    checkpoint_every_call = False
+
+    def __init__(self, inner: Storage, log: list[Event]) -> None:
+        super().__init__(inner)
         self.log = log
+        self.journal: list[Change] = []
         self.status: dict[str, str] = {}
+        self.inflight = 0
+        self.idle = anyio.Event()
+        self.idle.set()
 
-    async def apply(self, changes: Sequence[Change], **options: Any) -> None:
-        await super().apply(changes, **options)
+    def enter(self) -> None:
+        if not self.inflight:
+            self.idle = anyio.Event()
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self.idle.set()
+
+    def applied(self, changes: Sequence[Change]) -> None:
+        # ``apply`` yields after every write, as a store with I/O does: it opens the timing
+        # windows between a write and the writer acting on it.
+        self.journal.extend(changes)
         for change in changes:
             self.log.append(Write(change))
             if isinstance(change, ExecutionUpdate):
                 self.status[change.execution_id] = change.status
-        # Yield after every write, as a store with I/O does: it opens the timing windows
-        # between a write and the writer acting on it.
-        await anyio.lowlevel.checkpoint()
 
     def ended(self, execution_ids: Sequence[str]) -> bool:
         return all(self.status.get(i, "pending") in TERMINAL for i in execution_ids)
@@ -323,11 +295,12 @@ HANG_TIMEOUT = 20.0
 def make_engine(
     log: list[Event],
     hook: Callable[[JobRequest], Awaitable[None]],
+    store: StoreOpener,
     *,
     workers: int,
     max_attempts: int = 3,
 ) -> tuple[Engine, LoggedStorage, RecordingNotifier]:
-    storage = LoggedStorage(log)
+    storage = LoggedStorage(store(), log)
     notifier = RecordingNotifier()
     fake = FakeVideoProvider(on_call=hook)
     engine = Engine(
@@ -342,11 +315,18 @@ def make_engine(
     return engine, storage, notifier
 
 
-async def run_until(done: Callable[[], bool], log: list[Event], why: Callable[[], str]) -> None:
-    """Let the engine run until ``done()``; fail at once if every task is blocked first (the
-    engine is stuck: nothing else can happen)."""
+async def run_until(
+    done: Callable[[], bool], storage: LoggedStorage, why: Callable[[], str]
+) -> None:
+    """Let the engine run until ``done()``; fail at once if every task is blocked first with no
+    store call in flight (the engine is stuck: nothing else can happen)."""
+    log = storage.log
     seen, idle = len(log), 0
     while not done():
+        if storage.inflight:
+            await storage.idle.wait()
+            idle = 0
+            continue
         await anyio.lowlevel.checkpoint()
         if len(log) != seen:
             seen, idle = len(log), 0
@@ -354,20 +334,25 @@ async def run_until(done: Callable[[], bool], log: list[Event], why: Callable[[]
         idle += 1
         if idle >= 100:
             await anyio.wait_all_tasks_blocked()
-            if len(log) == seen and not done():
+            if len(log) == seen and not done() and not storage.inflight:
                 raise AssertionError(f"the engine is stuck: {why()}")
             idle = 0
 
 
-async def until_ended(
-    storage: LoggedStorage, execution_ids: Sequence[str], log: list[Event]
-) -> None:
+async def until_ended(storage: LoggedStorage, execution_ids: Sequence[str]) -> None:
     """Let the engine run until every execution has ended."""
 
     def why() -> str:
         return f"executions not ended: {[storage.status.get(i, 'pending') for i in execution_ids]}"
 
-    await run_until(lambda: storage.ended(execution_ids), log, why)
+    await run_until(lambda: storage.ended(execution_ids), storage, why)
+
+
+@contextlib.contextmanager
+def fresh_store(backend: StoreBackend) -> Iterator[StoreOpener]:
+    """An empty store on ``backend`` for one example, removed after it."""
+    with tempfile.TemporaryDirectory(prefix=f"invariants-{backend.name}-") as directory:
+        yield backend.opener(Path(directory))
 
 
 @frozen
@@ -382,18 +367,18 @@ class Run:
     unknown_calls: list[str]
 
 
-async def run_scenario(scenario: Scenario) -> Run:
+async def run_scenario(scenario: Scenario, store: StoreOpener) -> Run:
     log: list[Event] = []
     calls = ScriptedCalls(log, scenario.seed)
     engine, storage, notifier = make_engine(
-        log, calls, workers=scenario.workers, max_attempts=scenario.max_attempts
+        log, calls, store, workers=scenario.workers, max_attempts=scenario.max_attempts
     )
     ids: list[str] = []
     with anyio.fail_after(HANG_TIMEOUT):
         async with engine:
             for action in scenario.actions:
                 if action.pause == SETTLE:
-                    await until_ended(storage, ids, log)
+                    await until_ended(storage, ids)
                 for _ in range(max(action.pause, 0)):
                     await anyio.lowlevel.checkpoint()
                 if isinstance(action, Submit):
@@ -405,12 +390,13 @@ async def run_scenario(scenario: Scenario) -> Run:
                     target = ids[action.target]
                     log.append(CancelRequest(target, engine.scheduler.is_live(target)))
                     await engine.cancel(target)
-            await until_ended(storage, ids, log)
+                    log.append(CancelDone(target))
+            await until_ended(storage, ids)
 
             def why() -> str:
                 return f"{len(notifier.deliveries)} notifications for {len(ids)} executions"
 
-            await run_until(lambda: len(notifier.deliveries) >= len(ids), log, why)
+            await run_until(lambda: len(notifier.deliveries) >= len(ids), storage, why)
             for _ in range(10):  # room for a wrong extra notification to arrive
                 await anyio.lowlevel.checkpoint()
             executions = [await engine.get(execution_id) for execution_id in ids]
@@ -637,6 +623,14 @@ def check_outcomes(facts: Facts) -> None:
         for event in run.events
         if isinstance(event, CancelRequest) and event.was_live
     }
+    #: Log windows (request, return) of the cancel calls made while their execution was live.
+    windows: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+    asked: dict[str, int] = {}
+    for position, event in enumerate(run.events):
+        if isinstance(event, CancelRequest) and event.was_live:
+            asked[event.execution_id] = position
+        elif isinstance(event, CancelDone) and event.execution_id in asked:
+            windows[event.execution_id].append((asked.pop(event.execution_id), position))
     for index, submit in enumerate(scenario.submits):
         execution_id = run.ids[index]
         execution = facts.executions[execution_id]
@@ -647,9 +641,7 @@ def check_outcomes(facts: Facts) -> None:
             if failure.fatal(scenario.max_attempts)
         }
         expected: tuple[str, str | None]
-        if execution_id in cancelled:
-            expected = ("cancelled", "cancelled")
-        elif base is not None and facts.executions[base].status != "completed":
+        if base is not None and facts.executions[base].status != "completed":
             expected = ("failed", "base_failed")
         elif fatal:
             expected = ("failed", "job_failed")
@@ -657,6 +649,12 @@ def check_outcomes(facts: Facts) -> None:
             expected = ("completed", None)
         error = execution.error
         got = (execution.status, None if error is None else error.code)
+        if execution_id in cancelled:
+            ended = facts.ended_at[execution_id]
+            if got[0] == "cancelled" or not any(a < ended < b for a, b in windows[execution_id]):
+                # Live when the cancel was asked for, and not ended on its own while the cancel
+                # call read it (never in memory: nothing yields there before the cancel).
+                expected = ("cancelled", "cancelled")
         assert got == expected, f"submission {index} ({execution_id}): {got} != {expected}"
         if expected[1] == "job_failed":
             assert error is not None and error.job_id in fatal, (error, fatal)
@@ -668,26 +666,33 @@ def check_outcomes(facts: Facts) -> None:
             assert execution.result.aspect_ratio == aspect
 
 
-@given(scenario=scenarios())
-def test_random_executions_keep_invariants(scenario: Scenario) -> None:
-    run = anyio.run(run_scenario, scenario)
-    facts = Facts.of(scenario, run)
-    assert not run.unknown_calls, "a job ran before the test knew its execution"
-    check_dependencies_complete_first(facts)
-    check_completion_recorded_once(facts)
-    check_nothing_left_waiting(facts)
-    check_outcomes(facts)
-    for execution in run.executions:
-        code = execution.error.code if execution.error else None
-        hypothesis.event(f"execution ended {execution.status}" + (f" ({code})" if code else ""))
-    if any(isinstance(e, Finish) and e.outcome == "cancelled" for e in run.events):
-        hypothesis.event("a running job was aborted")
-    if any(isinstance(e, Start) and e.attempt > 1 for e in run.events):
-        hypothesis.event("a job was retried")
-    if any(
-        s.base is not None and scenario.submits[s.base].base is not None for s in scenario.submits
-    ):
-        hypothesis.event("a chain of variants")
+@pytest.mark.parametrize("backend", STORES, ids=lambda backend: backend.name)
+def test_random_executions_keep_invariants(backend: StoreBackend) -> None:
+    @settings(max_examples=backend.examples(settings().max_examples))
+    @given(scenario=scenarios())
+    def check(scenario: Scenario) -> None:
+        with fresh_store(backend) as store:
+            run = anyio.run(run_scenario, scenario, store)
+        facts = Facts.of(scenario, run)
+        assert not run.unknown_calls, "a job ran before the test knew its execution"
+        check_dependencies_complete_first(facts)
+        check_completion_recorded_once(facts)
+        check_nothing_left_waiting(facts)
+        check_outcomes(facts)
+        for execution in run.executions:
+            code = execution.error.code if execution.error else None
+            hypothesis.event(f"execution ended {execution.status}" + (f" ({code})" if code else ""))
+        if any(isinstance(e, Finish) and e.outcome == "cancelled" for e in run.events):
+            hypothesis.event("a running job was aborted")
+        if any(isinstance(e, Start) and e.attempt > 1 for e in run.events):
+            hypothesis.event("a job was retried")
+        if any(
+            s.base is not None and scenario.submits[s.base].base is not None
+            for s in scenario.submits
+        ):
+            hypothesis.event("a chain of variants")
+
+    check()
 
 
 # --- invariant 5 ---------------------------------------------------------------------------------
@@ -702,9 +707,13 @@ class RootBarrier:
         self.roots: set[JobRef] = set()
         self.started: set[JobRef] = set()
         self.open = anyio.Event()
+        #: Set once every variant is submitted: until then the base's jobs wait, so that on a
+        #: store with I/O (slow submissions) the base is still running when its variants come.
+        self.submitted = anyio.Event()
 
     async def __call__(self, request: JobRequest) -> None:
         self.log.append(Start(request.execution_id, request.job_id, request.attempt))
+        await self.submitted.wait()
         ref = (request.execution_id, request.job_id)
         if ref in self.roots:
             self.started.add(ref)
@@ -719,11 +728,14 @@ BARRIER_TIMEOUT = 5.0
 
 
 async def run_base_and_variants(
-    base_plan: ExecutionPlan, variant_plans: Sequence[ExecutionPlan], workers: int
+    base_plan: ExecutionPlan,
+    variant_plans: Sequence[ExecutionPlan],
+    workers: int,
+    store: StoreOpener,
 ) -> tuple[list[Event], str, list[JobRef], list[Execution]]:
     log: list[Event] = []
     barrier = RootBarrier(log)
-    engine, storage, _ = make_engine(log, barrier, workers=workers)
+    engine, storage, _ = make_engine(log, barrier, store, workers=workers)
     with anyio.fail_after(HANG_TIMEOUT):
         async with engine:
             base = await engine.submit(base_plan)
@@ -732,52 +744,62 @@ async def run_base_and_variants(
             assert engine.scheduler.is_live(base)
             roots = [(v, plan.jobs[0].id) for v, plan in zip(variants, variant_plans, strict=True)]
             barrier.roots = set(roots)
+            barrier.submitted.set()
             with anyio.fail_after(BARRIER_TIMEOUT):
 
                 def why() -> str:
                     return f"{len(barrier.started)} of {len(roots)} variant roots started"
 
-                await run_until(barrier.open.is_set, log, why)
-            await until_ended(storage, [base, *variants], log)
+                await run_until(barrier.open.is_set, storage, why)
+            await until_ended(storage, [base, *variants])
             executions = [await engine.get(execution_id) for execution_id in [base, *variants]]
     return log, base, roots, executions
 
 
 @pytest.mark.parametrize("workers", [2, 3, 4, 5, 6])
-@settings(max_examples=max(5, settings().max_examples // 4))  # per worker count
-@given(data=st.data())
-def test_variants_of_one_base_run_concurrently(workers: int, data: st.DataObject) -> None:
-    base_plan = data.draw(plans(has_base=False, max_jobs=12), label="base plan")
-    count = data.draw(st.integers(2, workers), label="variants")
-    variant_plans = [data.draw(chain_plans(), label=f"variant {i}") for i in range(count)]
+@pytest.mark.parametrize("backend", STORES, ids=lambda backend: backend.name)
+def test_variants_of_one_base_run_concurrently(backend: StoreBackend, workers: int) -> None:
+    per_worker_count = max(5, settings().max_examples // 4)
 
-    events, base, roots, executions = anyio.run(
-        run_base_and_variants, base_plan, variant_plans, workers
-    )
+    @settings(max_examples=backend.examples(per_worker_count))
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        base_plan = data.draw(plans(has_base=False, max_jobs=12), label="base plan")
+        count = data.draw(st.integers(2, workers), label="variants")
+        variant_plans = [data.draw(chain_plans(), label=f"variant {i}") for i in range(count)]
 
-    assert [execution.status for execution in executions] == ["completed"] * (count + 1)
-    final = (base, base_plan.final_job.id)
-    base_done = next(
-        index
-        for index, event in enumerate(events)
-        if isinstance(event, Write)
-        and isinstance(event.change, JobUpdate)
-        and (event.change.execution_id, event.change.job_id) == final
-        and event.change.status == "completed"
-    )
-    root_starts = [
-        index
-        for index, event in enumerate(events)
-        if isinstance(event, Start) and (event.execution_id, event.job_id) in roots
-    ]
-    root_finishes = [
-        index
-        for index, event in enumerate(events)
-        if isinstance(event, Finish) and (event.execution_id, event.job_id) in roots
-    ]
-    assert len(root_starts) == len(root_finishes) == count
-    assert base_done < min(root_starts), "a variant started before its base's final job completed"
-    assert max(root_starts) < min(root_finishes), "the variants' root jobs did not overlap"
+        with fresh_store(backend) as store:
+            events, base, roots, executions = anyio.run(
+                run_base_and_variants, base_plan, variant_plans, workers, store
+            )
+
+        assert [execution.status for execution in executions] == ["completed"] * (count + 1)
+        final = (base, base_plan.final_job.id)
+        base_done = next(
+            index
+            for index, event in enumerate(events)
+            if isinstance(event, Write)
+            and isinstance(event.change, JobUpdate)
+            and (event.change.execution_id, event.change.job_id) == final
+            and event.change.status == "completed"
+        )
+        root_starts = [
+            index
+            for index, event in enumerate(events)
+            if isinstance(event, Start) and (event.execution_id, event.job_id) in roots
+        ]
+        root_finishes = [
+            index
+            for index, event in enumerate(events)
+            if isinstance(event, Finish) and (event.execution_id, event.job_id) in roots
+        ]
+        assert len(root_starts) == len(root_finishes) == count
+        assert base_done < min(root_starts), (
+            "a variant started before its base's final job completed"
+        )
+        assert max(root_starts) < min(root_finishes), "the variants' root jobs did not overlap"
+
+    check()
 
 
 # --- the scheduler as a state machine ------------------------------------------------------------

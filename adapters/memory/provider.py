@@ -129,6 +129,12 @@ class FakeVideoProvider:
 def _output(request: JobRequest) -> Video:
     params = request.params
     inputs = request.inputs
+    needed = {"merge": 2, "reframe": 1, "lipSync": 1, "addSubtitles": 1}.get(request.type, 0)
+    if len(inputs) < needed:
+        raise ProviderError(
+            f"{request.type} needs at least {needed} input video(s), got {len(inputs)}",
+            retryable=False,
+        )
     if request.type == "generate":
         duration = float(params.get("duration", 5))
         aspect = str(params.get("aspectRatio", "16:9"))
