@@ -242,6 +242,39 @@ class Engine:
             **options,
         )
 
+    @classmethod
+    def postgres(
+        cls,
+        dsn: str,
+        provider: VideoProvider | None = None,
+        notifier: Notifier | None = None,
+        *,
+        schema: str = "videoflow",
+        job_types: Collection[str] | None = None,
+        limits: Mapping[str, int] | None = None,
+        **options: Any,
+    ) -> Engine:
+        """An engine on a PostgreSQL database shared with other engines, on any hosts.
+
+        The database dispatches jobs: any engine whose ``job_types`` include a job's wire type
+        may run it (``None``: every type), whoever submitted it. ``concurrency=0`` makes an
+        engine that submits, reads, cancels and resumes but runs no job (an API node).
+        ``limits={"generate": 4}`` caps the jobs of a type running at once across every engine
+        on the database. Pool options: ``pool_min``, ``pool_max``. Defaults as for
+        :meth:`in_memory`: the fake provider and ``HttpNotifier``.
+        """
+        pool = {key: options.pop(key) for key in ("pool_min", "pool_max") if key in options}
+        board = wiring.postgres_board(dsn, schema=schema, **pool)
+        return cls(
+            storage=board,
+            board=board,
+            provider=provider or wiring.fake_provider(),
+            notifier=notifier if notifier is not None else wiring.http_notifier(),
+            job_types=job_types,
+            limits=limits,
+            **options,
+        )
+
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.handle import RemoteEngine
-from engine.ports import JobQueue, Notifier, Storage, VideoProvider
+from engine.errors import ConfigError
+from engine.ports import JobBoard, JobQueue, Notifier, Storage, VideoProvider
 
 
 def fake_provider() -> VideoProvider:
@@ -45,6 +46,18 @@ def sqlite_storage(path: str, **options: Any) -> Storage:
     from adapters.sqlite import SqliteStorage
 
     return SqliteStorage(path, **options)
+
+
+def postgres_board(dsn: str, *, schema: str, **options: Any) -> JobBoard:
+    """``adapters.postgres.PostgresBoard`` (extra ``postgres``: psycopg 3 and its pool)."""
+    try:
+        from adapters.postgres import PostgresBoard
+    except ImportError as exc:  # psycopg missing
+        raise ConfigError(
+            "Engine.postgres needs psycopg 3 and psycopg_pool: "
+            "pip install 'videoflow-engine[postgres]'"
+        ) from exc
+    return PostgresBoard(dsn, schema=schema, **options)
 
 
 def remote_engine(api_url: str, api_key: str) -> RemoteEngine:
