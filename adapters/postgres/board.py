@@ -184,6 +184,8 @@ class PostgresBoard:
     _writing: bool = field(default=False, init=False)
     #: Outcomes refused because their claim was stale (zombie attempts), since ``open``.
     refused_total: int = field(default=0, init=False)
+    #: Transactions that recorded completions (group commit: usually far fewer than calls).
+    complete_transactions: int = field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         check_schema_name(self.schema)
@@ -565,6 +567,7 @@ class PostgresBoard:
                 raise
             return
         refused, ended = result
+        self.complete_transactions += 1
         self.refused_total += sum(len(r) for r in refused.values())
         by_item: dict[int, list[Ended]] = {}
         for item_index, e in ended:
