@@ -242,7 +242,6 @@ class BoardDispatch:
                         types=self.job_types,
                         limit=min(free, self.claim_batch),
                         now=self.clock.now(),
-                        limits=self.limits,
                     )
                 except StorageError as exc:
                     log.warning("%s: claiming failed, will retry: %s", self.owner, exc)

@@ -232,11 +232,15 @@ class JobBoard(OutboxStore, Protocol):
         types: Collection[str] | None = None,
         limit: int,
         now: float,
-        limits: Mapping[str, int] | None = None,
     ) -> list[Claim]:
-        """Claim up to ``limit`` ready jobs of ``types``; ``limits`` caps the running jobs of a
-        type across every engine on the database."""
+        """Claim up to ``limit`` ready jobs of ``types``, within the fleet-wide caps."""
         ...
+
+    async def set_limits(self, limits: Mapping[str, int]) -> None:
+        """Cap the running jobs of these types across every engine on the database."""
+        ...
+
+    async def limits(self) -> dict[str, int]: ...
 
     async def complete(
         self, results: Sequence[tuple[Claim, Video]], *, now: float

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.handle import RemoteEngine
 from engine.errors import ConfigError
+from engine.handle import RemoteEngine
 from engine.ports import JobBoard, JobQueue, Notifier, Storage, VideoProvider
 
 

@@ -15,11 +15,11 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_invariants import chain_plans, plans
+from strategies import chain_plans, plans
 
-from adapters.postgres import BoardEvent, Claim, PostgresBoard
+from adapters.postgres import PostgresBoard
 from engine.errors import IdempotencyConflict, InvalidState, StorageError, UnknownExecution
-from engine.models import ErrorInfo, Execution, JobInfo, Video, Webhook
+from engine.models import BoardEvent, Claim, ErrorInfo, Execution, JobInfo, Video, Webhook
 from engine.plan import ExecutionPlan
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -476,6 +476,7 @@ async def test_a_type_limit_holds_under_concurrent_claimers(board: PostgresBoard
             now=T0,
         )
     limit = 4
+    await board.set_limits({"generate": limit})
     held: list[Claim] = []
     peak = 0
     done = 0
@@ -484,9 +485,7 @@ async def test_a_type_limit_holds_under_concurrent_claimers(board: PostgresBoard
     async def claimer(name: str) -> None:
         nonlocal peak, done
         while done < 60:
-            claims = await board.claim(
-                name, limit=3, now=T0 + 1, limits={"generate": limit}, types=None
-            )
+            claims = await board.claim(name, limit=3, now=T0 + 1, types=None)
             held.extend(claims)
             running = sum(1 for c in held if c.request.type == "generate")
             peak = max(peak, running)

@@ -18,23 +18,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from adapters.postgres.board import MAX_GROUP, PostgresBoard
 from adapters.postgres.schema import SCHEMA_VERSION
-from adapters.postgres.values import (
-    BoardEvent,
-    Claim,
-    CompleteOutcome,
-    Ended,
-    EndOutcome,
-    EngineInfo,
-)
 
 __all__ = [
     "MAX_GROUP",
     "SCHEMA_VERSION",
-    "BoardEvent",
-    "Claim",
-    "CompleteOutcome",
-    "EndOutcome",
-    "Ended",
-    "EngineInfo",
     "PostgresBoard",
 ]

@@ -54,15 +54,8 @@ from adapters.postgres.connect import (
     migrate,
     storage_error,
 )
-from adapters.postgres.values import (
-    BoardEvent,
-    Claim,
-    CompleteOutcome,
-    Ended,
-    EndOutcome,
-    EngineInfo,
-    EventKind,
-)
+from engine import wire
+from engine.catalogue import JOB_TYPES, TRANSFORMS
 from engine.errors import (
     ConfigError,
     IdempotencyConflict,
@@ -71,7 +64,16 @@ from engine.errors import (
     UnknownExecution,
 )
 from engine.models import (
+    BoardEvent,
+    BoardEventKind,
+    Change,
+    Claim,
+    CompleteOutcome,
     DeliveryAttempt,
+    DeliveryRecorded,
+    Ending,
+    EndOutcome,
+    EngineInfo,
     ErrorInfo,
     Execution,
     ExecutionStatus,
@@ -80,13 +82,13 @@ from engine.models import (
     JobRequest,
     JobStatus,
     Notification,
+    OutboxDone,
+    OutboxReset,
     OutboxStatus,
     Video,
     Webhook,
 )
-from engine.plan import JOB_TYPES, TRANSFORMS
 from engine.webhooks import payload_for
-from engine.wire import error_from_json, error_to_json, video_from_json, video_to_json
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
@@ -113,15 +115,15 @@ def _dumps(value: Any) -> str:
 
 
 def _error_json(error: ErrorInfo | None) -> str | None:
-    return None if error is None else _dumps(error_to_json(error))
+    return None if error is None else _dumps(wire.to_json(error))
 
 
 def _video(obj: Any) -> Video | None:
-    return None if obj is None else video_from_json(obj)
+    return None if obj is None else wire.from_json(obj, Video)
 
 
 def _error(obj: Any) -> ErrorInfo | None:
-    return None if obj is None else error_from_json(obj)
+    return None if obj is None else wire.from_json(obj, ErrorInfo)
 
 
 def _webhook(url: str | None, secret: str | None) -> Webhook | None:
@@ -138,7 +140,7 @@ class _Pending:
     taken: bool = False
     done: bool = False
     refused: list[Claim] = field(factory=list)
-    ended: list[Ended] = field(factory=list)
+    ended: list[Ending] = field(factory=list)
     error: BaseException | None = None
 
 
@@ -147,7 +149,7 @@ class _Changes:
     """What one transaction did beyond its rows: endings, aborts and the notifications to send."""
 
     schema: str
-    ended: list[Ended] = field(factory=list)
+    ended: list[Ending] = field(factory=list)
     aborted: list[JobRef] = field(factory=list)
     ready_types: set[str] = field(factory=set)
     cancelled: list[str] = field(factory=list)
@@ -421,7 +423,7 @@ class PostgresBoard:
         )
         if failed:
             changes.ended.append(
-                Ended(
+                Ending(
                     execution.id,
                     "failed",
                     None,
@@ -440,6 +442,30 @@ class PostgresBoard:
 
     # --- claim ------------------------------------------------------------------------------
 
+    async def set_limits(self, limits: Mapping[str, int]) -> None:
+        """Set the fleet-wide caps on running jobs per type (types not named keep theirs).
+
+        Every claim of every engine on this database reads them (the ``limits`` table).
+        """
+        for kind, cap in limits.items():
+            if kind not in JOB_TYPES:
+                raise ConfigError(f"limits: unknown job type {kind!r}")
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+                raise ConfigError(f"limits[{kind!r}] must be a whole number >= 0, got {cap!r}")
+        if not limits:
+            return
+        kinds = sorted(limits)
+
+        async def body(conn: Conn) -> None:
+            await conn.execute(self._q["SET_LIMITS"], (kinds, [limits[k] for k in kinds]))
+
+        await self._tx("setting limits", body)
+
+    async def limits(self) -> dict[str, int]:
+        """The fleet-wide caps on running jobs per type."""
+        rows = await self._read("reading limits", self._q["READ_LIMITS"], (list(JOB_TYPES),))
+        return {str(t): int(n) for t, n in rows}
+
     async def claim(
         self,
         engine_id: str,
@@ -447,24 +473,22 @@ class PostgresBoard:
         types: Collection[str] | None = None,
         limit: int,
         now: float,
-        limits: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` ready jobs of ``types`` (``None``: every type), oldest first.
 
-        ``limits`` caps the jobs of a type running at once across every engine on the database:
-        the claim takes the type's advisory lock, counts its running jobs and claims at most
-        the rest. The engine must be registered (:meth:`register`) and heartbeating, or
-        :meth:`rescue` hands its jobs to others.
+        A type with a cap (:meth:`set_limits`) has at most that many jobs running at once
+        across every engine on the database: the claim takes the type's advisory lock, counts
+        its running jobs and claims at most the rest. The engine must be registered
+        (:meth:`register`) and heartbeating, or :meth:`rescue` hands its jobs to others.
         """
         if limit <= 0:
             return []
         wanted = sorted(set(JOB_TYPES if types is None else types))
-        caps = {t: n for t, n in (limits or {}).items() if t in wanted}
-        if any(n < 0 for n in caps.values()):
-            raise ConfigError("a type's limit must be >= 0")
 
         async def body(conn: Conn) -> list[Claim]:
             quotas = {t: limit for t in wanted}
+            cur = await conn.execute(self._q["READ_LIMITS"], (wanted,))
+            caps = {str(t): int(n) for t, n in await cur.fetchall()}
             if caps:
                 limited = sorted(caps)
                 keys = [f"videoflow-limit:{self.schema}:{t}" for t in limited]
@@ -501,7 +525,7 @@ class PostgresBoard:
                     job_id=job_id,
                     type=type_,
                     params=params,
-                    inputs=tuple(video_from_json(v) for v in inputs if v is not None),
+                    inputs=tuple(wire.from_json(v, Video) for v in inputs if v is not None),
                     attempt=attempts,
                     idempotency_key=f"{execution_id}/{job_id}",
                 )
@@ -569,7 +593,7 @@ class PostgresBoard:
         refused, ended = result
         self.complete_transactions += 1
         self.refused_total += sum(len(r) for r in refused.values())
-        by_item: dict[int, list[Ended]] = {}
+        by_item: dict[int, list[Ending]] = {}
         for item_index, e in ended:
             by_item.setdefault(item_index, []).append(e)
         for index, item in enumerate(batch):
@@ -580,7 +604,7 @@ class PostgresBoard:
 
     async def _complete(
         self, conn: Conn, batch: list[_Pending]
-    ) -> tuple[dict[int, list[Claim]], list[tuple[int, Ended]]]:
+    ) -> tuple[dict[int, list[Claim]], list[tuple[int, Ending]]]:
         q = self._q
         now = batch[-1].now
         owner: dict[tuple[str, str, str], int] = {}
@@ -598,7 +622,7 @@ class PostgresBoard:
                 e_ids.append(key[0])
                 j_ids.append(key[1])
                 tokens.append(key[2])
-                videos.append(_dumps(video_to_json(video)))
+                videos.append(_dumps(wire.to_json(video)))
         cur = await conn.execute(q["COMPLETE_JOBS"], (e_ids, j_ids, tokens, videos, now))
         accepted = await cur.fetchall()
         done_keys = {(e, j, t) for e, j, t, _ in accepted}
@@ -606,7 +630,7 @@ class PostgresBoard:
             if key not in done_keys:
                 refused.setdefault(index, []).append(claims[key])
         changes = _Changes(self.schema)
-        ended: list[tuple[int, Ended]] = []
+        ended: list[tuple[int, Ending]] = []
         finals = [(e, j, t) for e, j, t, final in accepted if final]
         if finals:
             video_of = {
@@ -627,10 +651,10 @@ class PostgresBoard:
                 started,
                 result,
             ) in await cur.fetchall():
-                e = Ended(
+                e = Ending(
                     ex_id,
                     "completed",
-                    video_from_json(result),
+                    wire.from_json(result, Video),
                     None,
                     tenant,
                     _webhook(url, secret),
@@ -651,7 +675,7 @@ class PostgresBoard:
         await self._notify(conn, changes)
         return refused, ended
 
-    async def _write_outbox(self, conn: Conn, ended: Sequence[Ended], now: float) -> None:
+    async def _write_outbox(self, conn: Conn, ended: Sequence[Ending], now: float) -> None:
         """Queue the webhook event of each ending that has a webhook."""
         rows = [e for e in ended if e.webhook is not None]
         if not rows:
@@ -756,7 +780,7 @@ class PostgresBoard:
                 _, e_status, tenant, url, secret, generation, created, started, e_error = row
                 ids.append(ex_id)
                 changes.ended.append(
-                    Ended(
+                    Ending(
                         ex_id,
                         e_status,
                         None,
@@ -949,11 +973,46 @@ class PostgresBoard:
 
     # --- the outbox -------------------------------------------------------------------------
 
+    async def apply(self, changes: Sequence[Change], *, owner: str | None = None) -> None:
+        """The outbox's part of the store port: delivery attempts, events done, events reset.
+
+        An ``OutboxReset`` (``Engine.redeliver``) makes ``owner`` the event's holder. Job and
+        execution changes are not written this way on a job board (its own operations do).
+        """
+        for change in changes:
+            if isinstance(change, DeliveryRecorded):
+                await self.record_delivery(change.attempt)
+            elif isinstance(change, OutboxDone):
+                await self.outbox_done(change.event_id, change.status)
+            elif isinstance(change, OutboxReset):
+                await self._reset_event(change, owner)
+            else:
+                raise StorageError(
+                    f"a job board writes {type(change).__name__} through its own operations"
+                )
+
+    async def _reset_event(self, change: OutboxReset, owner: str | None) -> None:
+        async def body(conn: Conn) -> None:
+            cur = await conn.execute(
+                self._q["OUTBOX_RESET"], (owner, change.event_id, change.execution_id)
+            )
+            if cur.rowcount != 1:
+                raise StorageError(f"no webhook event {change.event_id} to deliver again")
+
+        await self._tx(f"resetting webhook event {change.event_id}", body)
+
     async def claim_outbox(
-        self, engine_id: str, *, now: float, lease_until: float, limit: int = 100
+        self,
+        engine_id: str,
+        *,
+        now: float,
+        lease_until: float,
+        dead_owners: Collection[str] = (),
+        limit: int = 100,
     ) -> list[Notification]:
         """Take pending webhook events of ended executions that no live engine holds, oldest
-        first. An event stays held while its claim has not expired or its holder heartbeats."""
+        first. An event stays held while its claim has not expired or its holder heartbeats.
+        (``dead_owners`` is for the port's sake: a board knows the dead by their leases.)"""
 
         async def body(conn: Conn) -> list[Notification]:
             cur = await conn.execute(
@@ -1032,7 +1091,7 @@ class PostgresBoard:
         only (see :class:`BoardEvent`): keep polling as the backstop.
         """
         conn = await connect(self.dsn)
-        kinds: dict[str, EventKind] = {
+        kinds: dict[str, BoardEventKind] = {
             f"{self.schema}_{k}": k for k in ("ready", "cancel", "ended")
         }
         try:

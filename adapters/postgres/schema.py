@@ -34,6 +34,8 @@ Layout (version 1). Times are seconds on the engines' clock (``double precision`
 - ``outbox``: one row per webhook event (``evt_{execution}_{generation}``), written in the
   transaction that ends its execution. ``payload`` is ``json``, not ``jsonb``, so the body keeps
   the key order ``payload_for`` gave it. ``deliveries`` is the attempt log.
+- ``limits``: the fleet-wide cap on running jobs of a type. Every claim reads it, so an engine
+  started without ``limits=`` obeys the caps another engine set: the database enforces them.
 
 ``jobs`` and ``deps`` carry no foreign keys: they are written only with their execution, in the
 board's own transactions, and a per-row constraint trigger would cost on the hottest inserts.
@@ -149,6 +151,12 @@ _V1 = (
     """,
     "CREATE INDEX deliveries_by_execution ON {s}.deliveries (execution_id, seq)",
     "CREATE INDEX deliveries_by_event ON {s}.deliveries (event_id)",
+    """
+    CREATE TABLE {s}.limits (
+        type text PRIMARY KEY,
+        max_running integer NOT NULL CHECK (max_running >= 0)
+    )
+    """,
 )
 
 #: ``MIGRATIONS[i]`` takes a schema from version ``i`` to ``i + 1``.

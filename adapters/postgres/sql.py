@@ -55,6 +55,22 @@ LOCK_LIMITS = """
     FROM unnest(%s::text[]) AS k
 """
 
+READ_LIMITS = "SELECT type, max_running FROM {s}.limits WHERE type = ANY(%s::text[])"
+
+SET_LIMITS = """
+    INSERT INTO {s}.limits (type, max_running)
+    SELECT * FROM unnest(%s::text[], %s::int[])
+    ON CONFLICT (type) DO UPDATE SET max_running = excluded.max_running
+"""
+
+CLEAR_LIMITS = "DELETE FROM {s}.limits WHERE NOT (type = ANY(%s::text[]))"
+
+OUTBOX_RESET = """
+    UPDATE {s}.outbox
+    SET status = 'pending', done_at = NULL, claimed_by = %s, lease_until = 0
+    WHERE event_id = %s AND execution_id = %s
+"""
+
 COUNT_RUNNING = """
     SELECT type, count(*) FROM {s}.jobs
     WHERE status = 'processing' AND type = ANY(%s::text[])
