@@ -116,6 +116,8 @@ class BoardDispatch:
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
         now = self.clock.now()
+        if self.limits:
+            await self.board.set_limits(self.limits)
         await self.board.register(self.owner, self.job_types, now=now, lease_until=now + self.lease)
         await self._housekeeping()
         await task_group.start(self._listen)
@@ -301,9 +303,13 @@ class BoardDispatch:
         retry_at = None
         if retryable and self.retry.should_retry(request.attempt):
             retry_at = now + self.retry.delay(request.attempt, self.rng)
+        message = describe(exc)
+        if retry_at is None:
+            attempts = "attempt" if request.attempt == 1 else "attempts"
+            message = f"{message} (after {request.attempt} {attempts})"
         outcome = await self._retrying(
             "recording a failure",
-            lambda: self.board.fail(claim, describe(exc), retry_at=retry_at, now=now),
+            lambda: self.board.fail(claim, message, retry_at=retry_at, now=now),
         )
         if outcome.refused:
             self._counters["stale_results"] += 1

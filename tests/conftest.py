@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,3 +19,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A PostgreSQL schema name no other test uses; the schema is dropped after the test."""
+    from pg_support import drop_schema, new_schema_name
+
+    name = new_schema_name()
+    yield name
+    drop_schema(name)

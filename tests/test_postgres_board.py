@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pg_support import DSN, drop_schema, needs_postgres
 from strategies import chain_plans, plans
 
 from adapters.postgres import PostgresBoard
@@ -22,36 +23,10 @@ from engine.errors import IdempotencyConflict, InvalidState, StorageError, Unkno
 from engine.models import BoardEvent, Claim, ErrorInfo, Execution, JobInfo, Video, Webhook
 from engine.plan import ExecutionPlan
 
-DSN = "postgresql://postgres@127.0.0.1:5432/test"
 T0 = 1_700_000_000.0
 HOOK = Webhook("https://hooks.example/done", "s3cret")
 
-
-def _server_answers() -> str | None:
-    try:
-        with psycopg.connect(DSN, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {DSN} is unreachable: {exc}"
-
-
-_UNREACHABLE = _server_answers()
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(_UNREACHABLE is not None, reason=_UNREACHABLE or ""),
-]
-
-
-def _drop(schema: str) -> None:
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    _drop(name)
+pytestmark = [pytest.mark.anyio, needs_postgres]
 
 
 @pytest.fixture
@@ -608,7 +583,7 @@ async def test_a_closed_board_says_so(schema: str) -> None:
 def property_schema() -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
-    _drop(name)
+    drop_schema(name)
 
 
 @st.composite
