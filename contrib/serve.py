@@ -1,5 +1,9 @@
 """Serve the HTTP API with uvicorn: ``python -m contrib.serve --db engine.db --port 8000``.
 
+With ``--postgres DSN`` instead of ``--db``, the server is an API node of a fleet: it submits,
+reads, cancels and resumes, and ``python -m contrib.worker`` processes run the jobs.
+``--provider SPEC`` (``fake``, ``ffmpeg``, ``module:attribute``) says what runs them here.
+
 API keys come from ``ENGINE_API_KEYS`` (``"key1=tenant1,key2=tenant2"``) or ``--keys-file`` (one
 ``key=tenant`` a line). The engine (``Engine.sqlite(--db)``) and uvicorn run in one task group. On
 SIGINT or SIGTERM the server stops accepting, lets requests in flight finish, and then the engine
@@ -27,6 +31,8 @@ import anyio.abc
 
 from contrib.auth import parse_keys
 from contrib.types import ASGIApp
+from contrib.worker import add_provider_options
+from engine import ConfigError, StorageError
 
 try:
     import uvicorn
@@ -139,24 +145,56 @@ async def _stop_on_signals(running: RunningServer) -> None:
 
 
 async def run(
-    db: str,
+    db: str | None,
     *,
     api_keys: dict[str, str],
+    postgres: str | None = None,
+    schema: str = "videoflow",
+    provider_spec: str = "fake",
+    output_dir: str | None = None,
+    input_dirs: Sequence[str] = (),
     host: str = "127.0.0.1",
     port: int = 8000,
     max_body_bytes: int = 1 << 20,
     rate_limit: tuple[float, float] | None = (100, 2.0),
-    concurrency: int = 4,
+    concurrency: int | None = None,
     allowed_networks: Sequence[str] = (),
     access_log: bool = True,
 ) -> None:
-    """Run ``Engine.sqlite(db)`` and the HTTP API over it until SIGINT or SIGTERM."""
+    """Run the engine (``Engine.sqlite(db)``, or ``Engine.postgres(postgres)``: an API node
+    that runs no job unless ``concurrency`` says so) and the HTTP API over it until SIGINT or
+    SIGTERM."""
     from adapters.http import HttpNotifier
     from contrib.asgi import create_app
+    from contrib.providers import load_provider
     from engine import Engine
 
     notifier = HttpNotifier(allowed_networks=tuple(allowed_networks))
-    async with Engine.sqlite(db, notifier=notifier, concurrency=concurrency) as engine:
+    provider = load_provider(
+        provider_spec,
+        output_dir=output_dir,
+        input_dirs=input_dirs,
+        allowed_networks=allowed_networks,
+    )
+    if provider_spec == "fake":
+        log.warning("--provider fake: results are not real videos (fake:// URLs)")
+    if postgres is not None:
+        engine = Engine.postgres(
+            postgres,
+            provider,
+            notifier,
+            schema=schema,
+            concurrency=0 if concurrency is None else concurrency,
+        )
+        where = f"PostgreSQL schema {schema}"
+    elif db is not None:
+        engine = Engine.sqlite(
+            db, provider, notifier, concurrency=4 if concurrency is None else concurrency
+        )
+        where = db
+    else:
+        raise ConfigError("serve needs --db FILE or --postgres DSN")
+    async with engine:
         app = create_app(
             engine, api_keys=api_keys, max_body_bytes=max_body_bytes, rate_limit=rate_limit
         )
@@ -176,7 +214,7 @@ async def run(
 
             running = await task_group.start(serve_then_stop)
             task_group.start_soon(_stop_on_signals, running)
-            log.info("serving %s on %s (%d API keys)", db, running.url, len(api_keys))
+            log.info("serving %s on %s (%d API keys)", where, running.url, len(api_keys))
         # The server has stopped; leaving ``async with engine`` releases its jobs in flight.
     log.info("engine stopped")
 
@@ -202,13 +240,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m contrib.serve", description="Serve the engine's HTTP API with uvicorn."
     )
-    parser.add_argument("--db", required=True, help="the SQLite file of the engine")
+    store = parser.add_mutually_exclusive_group(required=True)
+    store.add_argument("--db", help="the SQLite file of the engine")
+    store.add_argument(
+        "--postgres", metavar="DSN", help="a PostgreSQL database shared with workers"
+    )
+    parser.add_argument("--schema", default="videoflow", help="the board's schema (--postgres)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
         "--keys-file", help="one key=tenant a line (default: $ENGINE_API_KEYS, key=tenant,...)"
     )
-    parser.add_argument("--concurrency", type=int, default=4, help="engine workers")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs run by this process at once (default: 4 with --db, 0 with --postgres, where "
+        "python -m contrib.worker runs them)",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     parser.add_argument(
         "--rate-limit",
@@ -216,13 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=(100.0, 2.0),
         help="per key: REQUESTS/SECONDS (a burst of REQUESTS, refilled over SECONDS), or none",
     )
-    parser.add_argument(
-        "--allow-webhook-network",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="let webhooks reach this private network (such as 127.0.0.0/8); repeatable",
-    )
+    add_provider_options(parser)
     parser.add_argument("--no-access-log", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -232,19 +275,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not keys:
         parser.error("no API keys: set ENGINE_API_KEYS=key=tenant,... or pass --keys-file")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s %(message)s")
-    anyio.run(
-        lambda: run(
-            args.db,
-            api_keys=keys,
-            host=args.host,
-            port=args.port,
-            max_body_bytes=args.max_body_bytes,
-            rate_limit=args.rate_limit,
-            concurrency=args.concurrency,
-            allowed_networks=args.allow_webhook_network,
-            access_log=not args.no_access_log,
+    try:
+        anyio.run(
+            lambda: run(
+                args.db,
+                api_keys=keys,
+                postgres=args.postgres,
+                schema=args.schema,
+                provider_spec=args.provider,
+                output_dir=args.output_dir,
+                input_dirs=args.input_dir,
+                host=args.host,
+                port=args.port,
+                max_body_bytes=args.max_body_bytes,
+                rate_limit=args.rate_limit,
+                concurrency=args.concurrency,
+                allowed_networks=args.allow_webhook_network,
+                access_log=not args.no_access_log,
+            )
         )
-    )
+    except (ConfigError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(0)
 
 

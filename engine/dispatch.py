@@ -26,6 +26,11 @@ class Dispatch(Protocol):
         """Pick up the store's unfinished work and start the tasks that run jobs."""
         ...
 
+    async def drain(self, grace: float) -> int:
+        """Take no new job; wait up to ``grace`` seconds for the running ones to finish.
+        Returns how many are still running."""
+        ...
+
     async def stop(self) -> None:
         """Hand back what this engine holds, so another engine can take it at once."""
         ...

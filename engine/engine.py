@@ -314,6 +314,14 @@ class Engine:
             self._task_group = None
         return None
 
+    async def drain(self, grace: float = 30.0) -> int:
+        """Stop taking new jobs and wait up to ``grace`` seconds for the running ones (a
+        graceful stop: what is still running when the engine is left is handed back). Returns
+        how many jobs are still running. On a local store (memory, SQLite) jobs are not taken
+        one by one, so this returns at once."""
+        self._require_started()
+        return await self.dispatch.drain(grace)
+
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
             try:

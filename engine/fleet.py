@@ -110,6 +110,8 @@ class BoardDispatch:
         }
         self._ready_jobs = 0
         self._progress: dict[str, Progress] = {}
+        self._draining = False
+        self._idle = anyio.Event()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -125,6 +127,15 @@ class BoardDispatch:
         if self.concurrency:
             task_group.start_soon(self._claimer)
         task_group.start_soon(self._watch_progress)
+
+    async def drain(self, grace: float) -> int:
+        self._draining = True
+        self._wake.set()
+        with anyio.move_on_after(grace):
+            while self._running:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        return len(self._running)
 
     async def stop(self) -> None:
         handed_back = await self.board.release(self.owner)
@@ -233,7 +244,7 @@ class BoardDispatch:
         """Claim as many ready jobs as there are free workers; run each in its own task."""
         assert self._task_group is not None
         task_group = self._task_group
-        while True:
+        while not self._draining:
             free = self.concurrency - len(self._running)
             claims: list[Claim] = []
             if free > 0:
@@ -279,6 +290,8 @@ class BoardDispatch:
         finally:
             self._running.pop(ref, None)
             self._wake.set()
+            if not self._running:
+                self._idle.set()
 
     async def _report_completion(self, claim: Claim, video: Video) -> None:
         outcome = await self._retrying(
