@@ -26,7 +26,7 @@ from test_storage_contract import (
 
 from adapters.sqlite import SqliteStorage
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from adapters.sqlite.storage import _SELECT_HOLDERS
+from adapters.sqlite.statements import SELECT_HOLDERS
 from engine.errors import ConfigError, IdempotencyConflict, LeaseLost, StorageError
 from engine.models import (
     Change,
@@ -891,7 +891,7 @@ async def test_a_version_2_file_is_migrated_on_open(tmp_path: Path) -> None:
                     "SELECT attempt FROM delivery_attempts WHERE execution_id = ? ORDER BY seq",
                     ("exec_1",),
                 ),
-                (_SELECT_HOLDERS, ()),
+                (SELECT_HOLDERS, ()),
             ]
         ]
     conn.close()

@@ -1,0 +1,85 @@
+"""Opening a file as a store: check it is one (or empty), set the pragmas, migrate.
+
+See :mod:`adapters.sqlite.schema` for the header fields that mark a store and its migrations.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import aiosqlite
+
+from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from adapters.sqlite.transaction import rollback
+from engine.errors import StorageError
+
+
+def check_path(path: Path) -> None:
+    """Fail, naming why, when ``path`` cannot be a store: a directory, no parent, read-only."""
+    if path.is_dir():
+        raise StorageError(f"cannot open SQLite store {path}: it is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise StorageError(f"cannot open SQLite store {path}: directory {parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StorageError(f"cannot open SQLite store {path}: the file is read-only")
+
+
+async def connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
+    """A connection in autocommit mode (the store begins its own transactions)."""
+    return await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+
+
+async def prepare(conn: aiosqlite.Connection, path: Path, synchronous: str) -> None:
+    """Check the file is ours (or empty), set the pragmas, create or migrate the schema."""
+    _check_header(path, *await _header(conn))  # before changing anything in the file
+    found = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+    mode = str(found[0][0]).lower() if found else "unknown"
+    if mode != "wal":
+        raise StorageError(
+            f"cannot open SQLite store {path}: it cannot use WAL journal mode "
+            f"(SQLite kept {mode!r}); is it on a network file system?"
+        )
+    await conn.execute(f"PRAGMA synchronous = {synchronous}")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Again, under the write lock: another process may have migrated it meanwhile.
+        _, version, _ = header = await _header(conn)
+        _check_header(path, *header)
+        for migration in MIGRATIONS[version:]:
+            for statement in migration:
+                await conn.execute(statement)
+        await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        # Written even when unchanged: it proves, now, that the file can be written.
+        await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await rollback(conn)
+        raise
+
+
+async def _header(conn: aiosqlite.Connection) -> tuple[int, int, int]:
+    (application_id,), *_ = await conn.execute_fetchall("PRAGMA application_id")
+    (version,), *_ = await conn.execute_fetchall("PRAGMA user_version")
+    (objects,), *_ = await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
+    return int(application_id), int(version), int(objects)
+
+
+def _check_header(path: Path, application_id: int, version: int, objects: int) -> None:
+    if application_id == APPLICATION_ID:
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"cannot open SQLite store {path}: it was written by a newer version "
+                f"of this library (schema version {version}; this version knows up to "
+                f"{SCHEMA_VERSION}); upgrade the library to use it"
+            )
+        return
+    if application_id == 0 and version == 0 and objects == 0:
+        return  # a new or empty file: it becomes a store
+    raise StorageError(
+        f"cannot open SQLite store {path}: it is an SQLite database of another "
+        f"application (application_id {application_id}, user_version {version}, "
+        f"{objects} schema objects), not a store of this library; it was left untouched"
+    )
