@@ -8,17 +8,16 @@ it left them.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
-
-import aiosqlite
 
 from adapters.sqlite import statements
 from adapters.sqlite.rows import Row
 from engine.errors import LeaseLost
 
 
-async def fence(
-    conn: aiosqlite.Connection, applies: Sequence[tuple[str | None, tuple[str, ...]]]
+def fence(
+    conn: sqlite3.Connection, applies: Sequence[tuple[str | None, tuple[str, ...]]]
 ) -> list[LeaseLost | None]:
     """For each ``(owner, execution_ids)`` of a run of applies: ``LeaseLost`` naming the
     executions its owner does not hold, or ``None``. An unfenced apply (``owner`` ``None``)
@@ -31,7 +30,7 @@ async def fence(
     holders: dict[str, str | None] = {}
     for chunk in statements.chunks(wanted):
         sql = statements.SELECT_OWNERS.format(marks=statements.marks(len(chunk)))
-        holders.update((row[0], row[1]) for row in await conn.execute_fetchall(sql, chunk))
+        holders.update((row[0], row[1]) for row in conn.execute(sql, chunk))
     verdicts: list[LeaseLost | None] = []
     for owner, ids in applies:
         lost = None
@@ -43,8 +42,8 @@ async def fence(
     return verdicts
 
 
-async def claim(
-    conn: aiosqlite.Connection,
+def claim(
+    conn: sqlite3.Connection,
     owner: str,
     now: float,
     lease_until: float,
@@ -60,7 +59,7 @@ async def claim(
     marks = statements.marks(len(takeable))
     if ids is None:
         sql = statements.SELECT_CLAIMABLE.format(marks=marks)
-        found = await conn.execute_fetchall(sql, (*claimable, -1 if limit is None else limit))
+        found = conn.execute(sql, (*claimable, -1 if limit is None else limit))
         seqs = [int(row[0]) for row in found]
     else:
         seqs = []
@@ -68,43 +67,43 @@ async def claim(
             sql = statements.SELECT_CLAIMABLE_IDS.format(
                 ids=statements.marks(len(chunk)), marks=marks
             )
-            seqs += [int(row[0]) for row in await conn.execute_fetchall(sql, (*chunk, *claimable))]
+            seqs += [int(row[0]) for row in conn.execute(sql, (*chunk, *claimable))]
         seqs.sort()
         if limit is not None:
             del seqs[limit:]
     if not seqs:
         return []
-    await conn.executemany(statements.TAKE, [(owner, lease_until, seq) for seq in seqs])
+    conn.executemany(statements.TAKE, [(owner, lease_until, seq) for seq in seqs])
     rows: list[Row] = []
     for chunk in statements.chunks(seqs):
         sql = statements.SELECT_BY_SEQ.format(marks=statements.marks(len(chunk)))
-        rows += [tuple(row) for row in await conn.execute_fetchall(sql, chunk)]
+        rows += [tuple(row) for row in conn.execute(sql, chunk)]
     return rows
 
 
-async def claim_outbox(
-    conn: aiosqlite.Connection, owner: str, now: float, lease_until: float, takeable: list[str]
+def claim_outbox(
+    conn: sqlite3.Connection, owner: str, now: float, lease_until: float, takeable: list[str]
 ) -> list[Row]:
     """Take the pending webhook events of claimable finished executions; their rows."""
     sql = statements.SELECT_CLAIMABLE_EVENTS.format(marks=statements.marks(len(takeable)))
-    rows = [tuple(row) for row in await conn.execute_fetchall(sql, (now, *takeable))]
+    rows = [tuple(row) for row in conn.execute(sql, (now, *takeable))]
     taken = dict.fromkeys(row[1] for row in rows)
-    await conn.executemany(statements.TAKE_BY_ID, [(owner, lease_until, i) for i in taken])
+    conn.executemany(statements.TAKE_BY_ID, [(owner, lease_until, i) for i in taken])
     return rows
 
 
-async def renew(conn: aiosqlite.Connection, owner: str, lease_until: float) -> set[str]:
+def renew(conn: sqlite3.Connection, owner: str, lease_until: float) -> set[str]:
     """Extend ``owner``'s leases on unfinished executions, and on finished ones with pending
     webhook events; return the unfinished ones."""
-    await conn.execute(statements.RENEW, (lease_until, owner))
-    await conn.execute(statements.RENEW_OUTBOX, (lease_until, owner))
-    held = await conn.execute_fetchall(statements.SELECT_HELD, (owner,))
+    conn.execute(statements.RENEW, (lease_until, owner))
+    conn.execute(statements.RENEW_OUTBOX, (lease_until, owner))
+    held = conn.execute(statements.SELECT_HELD, (owner,))
     return {str(row[0]) for row in held}
 
 
-async def release(conn: aiosqlite.Connection, owner: str, ids: list[str] | None) -> None:
+def release(conn: sqlite3.Connection, owner: str, ids: list[str] | None) -> None:
     """Give up ``owner``'s holds: on its unfinished executions, or on those of ``ids`` it holds."""
     if ids is None:
-        await conn.execute(statements.RELEASE_ALL, (owner,))
+        conn.execute(statements.RELEASE_ALL, (owner,))
     else:
-        await conn.executemany(statements.RELEASE_ONE, [(i, owner) for i in ids])
+        conn.executemany(statements.RELEASE_ONE, [(i, owner) for i in ids])

@@ -1,18 +1,32 @@
-"""Opening a file as a store: check it is one (or empty), set the pragmas, migrate.
+"""The store's connections: opening a file as a store (check it is one, or empty, set the
+pragmas, migrate), the reader, and the writer with its own thread.
 
 See :mod:`adapters.sqlite.schema` for the header fields that mark a store and its migrations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import aiosqlite
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+from anyio.lowlevel import EventLoopToken
+from attrs import define
 
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from adapters.sqlite.transaction import rollback
 from engine.errors import StorageError
+
+T = TypeVar("T")
 
 
 def check_path(path: Path) -> None:
@@ -26,44 +40,69 @@ def check_path(path: Path) -> None:
         raise StorageError(f"cannot open SQLite store {path}: the file is read-only")
 
 
-async def connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
-    """A connection in autocommit mode (the store begins its own transactions)."""
-    return await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+async def connect_reader(path: Path, busy_timeout: float) -> aiosqlite.Connection:
+    """The reader: through ``aiosqlite``, in autocommit mode, refusing writes."""
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+    try:
+        await conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+            await conn.close()
+        raise
+    return conn
 
 
-async def prepare(conn: aiosqlite.Connection, path: Path, synchronous: str) -> None:
+def open_writer(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    """The writer, prepared (see :func:`prepare`); blocking, for a worker thread.
+
+    A plain ``sqlite3`` connection in autocommit mode (the writer begins its own
+    transactions), usable from any thread: the group-commit writer runs each transaction as one
+    call in a worker thread, one at a time.
+    """
+    conn = sqlite3.connect(
+        path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
+    )
+    try:
+        prepare(conn, path, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def prepare(conn: sqlite3.Connection, path: Path, synchronous: str) -> None:
     """Check the file is ours (or empty), set the pragmas, create or migrate the schema."""
-    _check_header(path, *await _header(conn))  # before changing anything in the file
-    found = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+    _check_header(path, *_header(conn))  # before changing anything in the file
+    found = list(conn.execute("PRAGMA journal_mode = WAL"))
     mode = str(found[0][0]).lower() if found else "unknown"
     if mode != "wal":
         raise StorageError(
             f"cannot open SQLite store {path}: it cannot use WAL journal mode "
             f"(SQLite kept {mode!r}); is it on a network file system?"
         )
-    await conn.execute(f"PRAGMA synchronous = {synchronous}")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("BEGIN IMMEDIATE")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("BEGIN IMMEDIATE")
     try:
         # Again, under the write lock: another process may have migrated it meanwhile.
-        _, version, _ = header = await _header(conn)
+        _, version, _ = header = _header(conn)
         _check_header(path, *header)
         for migration in MIGRATIONS[version:]:
             for statement in migration:
-                await conn.execute(statement)
-        await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         # Written even when unchanged: it proves, now, that the file can be written.
-        await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        await conn.execute("COMMIT")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
     except BaseException:
-        await rollback(conn)
+        rollback(conn)
         raise
 
 
-async def _header(conn: aiosqlite.Connection) -> tuple[int, int, int]:
-    (application_id,), *_ = await conn.execute_fetchall("PRAGMA application_id")
-    (version,), *_ = await conn.execute_fetchall("PRAGMA user_version")
-    (objects,), *_ = await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
+def _header(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    (application_id,) = conn.execute("PRAGMA application_id").fetchone()
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    (objects,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     return int(application_id), int(version), int(objects)
 
 
@@ -83,3 +122,57 @@ def _check_header(path: Path, application_id: int, version: int, objects: int) -
         f"application (application_id {application_id}, user_version {version}, "
         f"{objects} schema objects), not a store of this library; it was left untouched"
     )
+
+
+@define(eq=False)
+class _Call:
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    done: anyio.Event
+    token: EventLoopToken
+    result: Any = None
+    error: BaseException | None = None
+
+
+class WriterThread:
+    """The writer connection's own thread: it runs blocking calls on the connection, one at a
+    time, in the order they were sent.
+
+    Sending a call is synchronous (no checkpoint, unlike ``anyio.to_thread``), so the writer
+    hands the next transaction to SQLite before the callers of the last one run: SQLite commits
+    while the event loop works. The thread ends, closing the connection, at :meth:`close`.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
+        self.conn = conn
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(conn, *args)`` in the thread; its result, or the exception it raised.
+        Not cancellable: a call sent is waited for."""
+        call = _Call(function, args, anyio.Event(), anyio.lowlevel.current_token())
+        self._calls.put(call)
+        with anyio.CancelScope(shield=True):
+            await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return cast(T, call.result)
+
+    async def close(self) -> None:
+        """Close the connection (an error closing it is ignored) and end the thread."""
+        with contextlib.suppress(sqlite3.Error):
+            await self.run(sqlite3.Connection.close)
+        self._calls.put(None)
+        await anyio.to_thread.run_sync(self._thread.join)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                call.result = call.function(self.conn, *call.args)
+            except BaseException as exc:  # handed to the caller, which raises it
+                call.error = exc
+            # Nobody waits when the loop has ended (a store abandoned without close()).
+            with contextlib.suppress(anyio.RunFinishedError):
+                anyio.from_thread.run_sync(call.done.set, token=call.token)

@@ -38,11 +38,17 @@ Row = tuple[Any, ...]
 OutboxRow = tuple[str, Row]
 
 
-def dumps(value: Any, what: str) -> str:
+#: One encoder for every stored JSON column: ``json.dumps`` with options builds a new one each
+#: call, which costs as much as the encoding.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def dumps(value: Any, what: str, *args: object) -> str:
+    """``value`` as compact JSON; else a ``StorageError`` naming ``what.format(*args)``."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return _ENCODE(value)
     except (TypeError, ValueError) as exc:
-        raise StorageError(f"cannot store {what}: it is not JSON ({exc})") from exc
+        raise StorageError(f"cannot store {what.format(*args)}: it is not JSON ({exc})") from exc
 
 
 def video_json(video: Video | None) -> str | None:
@@ -51,6 +57,20 @@ def video_json(video: Video | None) -> str | None:
 
 def error_json(error: ErrorInfo | None) -> str | None:
     return None if error is None else dumps(error_to_json(error), "an error")
+
+
+def _params_json(job: JobInfo) -> str:
+    params = job.params
+    if not params:
+        return "{}"
+    return dumps(params if type(params) is dict else dict(params), "the params of job {!r}", job.id)
+
+
+def _depends_json(job: JobInfo) -> str:
+    depends_on = job.depends_on
+    if not depends_on:
+        return "[]"
+    return dumps(depends_on, "the dependencies of job {!r}", job.id)  # a tuple encodes as a list
 
 
 def execution_row(
@@ -84,8 +104,8 @@ def job_rows(execution: Execution) -> list[Row]:
             job.id,
             position,
             job.type,
-            dumps(dict(job.params), f"the params of job {job.id!r}"),
-            dumps(list(job.depends_on), f"the dependencies of job {job.id!r}"),
+            _params_json(job),
+            _depends_json(job),
             job.status,
             job.attempts,
             job.started_at,
@@ -126,7 +146,7 @@ def outbox_row(
     change: OutboxAdd | DeliveryRecorded | OutboxDone | OutboxReset, now: float
 ) -> OutboxRow:
     if isinstance(change, OutboxAdd):
-        payload = dumps(dict(change.payload), f"the payload of webhook event {change.event_id!r}")
+        payload = dumps(dict(change.payload), "the payload of webhook event {!r}", change.event_id)
         return statements.INSERT_EVENT, (
             change.status,
             payload,

@@ -123,7 +123,7 @@ class SqliteStorage:
     synchronous: Synchronous = field(default="FULL", kw_only=True, validator=_check_synchronous)
     busy_timeout: float = field(default=5.0, kw_only=True, validator=_check_busy_timeout)
     stats: WriterStats = field(factory=WriterStats, init=False)
-    _writer: aiosqlite.Connection | None = field(default=None, init=False, repr=False)
+    _writer: connection.WriterThread | None = field(default=None, init=False, repr=False)
     _reader: aiosqlite.Connection | None = field(default=None, init=False, repr=False)
     _group: GroupWriter | None = field(default=None, init=False, repr=False)
     _closing: bool = field(default=False, init=False, repr=False)
@@ -152,11 +152,14 @@ class SqliteStorage:
             return
         connection.check_path(self.path)
         try:
-            self._writer = await connection.connect(self.path, self.busy_timeout)
-            await connection.prepare(self._writer, self.path, self.synchronous)
-            self._reader = await connection.connect(self.path, self.busy_timeout)
-            await self._reader.execute("PRAGMA query_only = ON")
-            self._group = GroupWriter(self._writer, self._errors, self.stats)
+            # Shielded: a connection opened in the thread is never lost to a cancellation.
+            with anyio.CancelScope(shield=True):
+                conn = await anyio.to_thread.run_sync(
+                    connection.open_writer, self.path, self.busy_timeout, self.synchronous
+                )
+                self._writer = writer = connection.WriterThread(conn, f"sqlite {self.path}")
+            self._reader = await connection.connect_reader(self.path, self.busy_timeout)
+            self._group = GroupWriter(writer, self._errors, self.stats)
         except sqlite3.Error as exc:
             await self._close_connections()
             raise self._errors.error("cannot open", exc) from exc
@@ -180,15 +183,17 @@ class SqliteStorage:
         self._writer = self._reader = None
         self._group = None
         with anyio.CancelScope(shield=True):
-            for conn in (reader, writer):
-                if conn is not None:
-                    with contextlib.suppress(sqlite3.Error):  # closing: nothing to protect
-                        await conn.close()
+            # Closing: nothing to protect. No write is in flight (close() drained the writer).
+            if reader is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    await reader.close()
+            if writer is not None:
+                await writer.close()
 
     async def pragmas(self) -> dict[str, int | str]:
         """The writer connection's settings and the file's header fields, for inspection."""
-        writer = self._writer
-        if writer is None:
+        group = self._group
+        if group is None:
             raise StorageError(f"SQLite store {self.path} is not open")
         names = (
             "journal_mode",
@@ -198,11 +203,12 @@ class SqliteStorage:
             "application_id",
             "user_version",
         )
-        settings: dict[str, int | str] = {}
+
+        def read(conn: sqlite3.Connection) -> dict[str, int | str]:
+            return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+
         try:
-            for name in names:
-                found = list(await writer.execute_fetchall(f"PRAGMA {name}"))
-                settings[name] = found[0][0]
+            settings = await group.thread.run(read)
         except sqlite3.Error as exc:
             raise self._errors.error("cannot read", exc) from exc
         return settings

@@ -1,7 +1,8 @@
 """One group's write transaction: the queued writes of a group, written in queue order.
 
 :class:`Write` is one write call as the writer queues it. :func:`run` writes a group of them
-inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` and returns each one's outcome (or the exception it
+inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, as one call in a worker thread (one hop off the
+event loop per group, not one per statement), and returns each one's outcome (or the exception it
 fails with, for a fenced apply that lost its lease or a create whose idempotency key clashes).
 Runs of updates, and of creates without an idempotency key, are written with one
 ``executemany`` per statement; every targeted row must exist, so a bad ``apply`` raises
@@ -13,9 +14,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-import aiosqlite
 import anyio
 from attrs import define, field
 
@@ -26,7 +26,7 @@ from engine.errors import IdempotencyConflict
 from engine.models import Execution
 
 #: A write other than create and apply: run inside the group's transaction, returns the outcome.
-Operation = Callable[[aiosqlite.Connection], Awaitable[object]]
+Operation = Callable[[sqlite3.Connection], object]
 
 
 @define(eq=False)
@@ -51,8 +51,9 @@ class Write:
     #: The executions an apply names, each once (only with ``owner``).
     execution_ids: tuple[str, ...] = ()
     operation: Operation | None = None
-    #: Set when the write is finished, or when its caller is to take the writer role.
-    wake: anyio.Event = field(factory=anyio.Event)
+    #: Set when the write is finished, or when its caller is to take the writer role; made
+    #: only for a caller that waits (the writer's own write needs none).
+    wake: anyio.Event | None = None
     finished: bool = False
     promoted: bool = False
     #: The caller gave up (was cancelled) before a writer took it: it is skipped.
@@ -65,14 +66,14 @@ class Write:
         return self.new is None and self.operation is None
 
 
-async def run(conn: aiosqlite.Connection, group: list[Write]) -> list[object]:
+def run(conn: sqlite3.Connection, group: list[Write]) -> list[object]:
     """Write ``group`` in one transaction; each write's outcome, in order.
 
     Raises :class:`WholeGroup` when ``BEGIN`` or ``COMMIT`` fails, and any other exception a
     write raised, after rolling back.
     """
     try:
-        await conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
         raise WholeGroup(exc) from exc
     try:
@@ -91,8 +92,8 @@ async def run(conn: aiosqlite.Connection, group: list[Write]) -> list[object]:
                     end += 1
                 run = group[position:end]
                 if pending.inserts:
-                    await pending.flush(conn)
-                verdicts = await claims.fence(conn, [(a.owner, a.execution_ids) for a in run])
+                    pending.flush(conn)
+                verdicts = claims.fence(conn, [(a.owner, a.execution_ids) for a in run])
                 for apply, lost in zip(run, verdicts, strict=True):
                     if lost is None:
                         pending.job_updates += apply.job_rows
@@ -103,33 +104,33 @@ async def run(conn: aiosqlite.Connection, group: list[Write]) -> list[object]:
                 continue
             if new is not None and new.execution.idempotency_key is None:
                 if pending.job_updates or pending.execution_updates or pending.outbox:
-                    await pending.flush(conn)
+                    pending.flush(conn)
                 pending.inserts.append(new.row)
                 pending.job_inserts += new.job_rows
                 outcomes.append(new.execution)
             else:
-                await pending.flush(conn)
+                pending.flush(conn)
                 if new is not None:
-                    outcomes.append(await _insert(conn, new))
+                    outcomes.append(_insert(conn, new))
                 elif write.operation is not None:
-                    outcomes.append(await write.operation(conn))
+                    outcomes.append(write.operation(conn))
             position += 1
-        await pending.flush(conn)
+        pending.flush(conn)
     except BaseException:
-        await rollback(conn)
+        rollback(conn)
         raise
     try:
-        await conn.execute("COMMIT")
+        conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        await rollback(conn)
+        rollback(conn)
         raise WholeGroup(exc) from exc
     return outcomes
 
 
-async def rollback(conn: aiosqlite.Connection) -> None:
+def rollback(conn: sqlite3.Connection) -> None:
     # Errors mean SQLite already rolled back (or nothing had begun).
-    with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
-        await conn.execute("ROLLBACK")
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")
 
 
 @define
@@ -144,52 +145,48 @@ class _Pending:
     #: added before its attempts are logged).
     outbox: list[OutboxRow] = field(factory=list)
 
-    async def flush(self, conn: aiosqlite.Connection) -> None:
+    def flush(self, conn: sqlite3.Connection) -> None:
         if self.inserts:
-            await conn.executemany(statements.INSERT_EXECUTION, self.inserts)
-            await conn.executemany(statements.INSERT_JOB, self.job_inserts)
-        await _update(conn, self.job_updates, self.execution_updates)
-        await _write_outbox(conn, self.outbox)
+            conn.executemany(statements.INSERT_EXECUTION, self.inserts)
+            conn.executemany(statements.INSERT_JOB, self.job_inserts)
+        _update(conn, self.job_updates, self.execution_updates)
+        _write_outbox(conn, self.outbox)
         self.inserts, self.job_inserts, self.job_updates, self.execution_updates = [], [], [], []
         self.outbox = []
 
 
-async def _insert(conn: aiosqlite.Connection, new: NewExecution) -> Execution | IdempotencyConflict:
+def _insert(conn: sqlite3.Connection, new: NewExecution) -> Execution | IdempotencyConflict:
     execution = new.execution
     key = execution.idempotency_key
     if key is not None:
         tenant = execution.tenant
-        found = list(
-            await conn.execute_fetchall(statements.FIND_KEY, (tenant is None, tenant or "", key))
-        )
+        found = list(conn.execute(statements.FIND_KEY, (tenant is None, tenant or "", key)))
         if found:
             existing_id, existing_fingerprint = found[0]
             if existing_fingerprint != new.fingerprint:
                 return IdempotencyConflict(
                     f"idempotency key {key!r} was already used with a different request"
                 )
-            stored = await conn.execute_fetchall(statements.SELECT_ONE, (existing_id,))
+            stored = conn.execute(statements.SELECT_ONE, (existing_id,))
             return rows.assemble(stored)[0]
-    await conn.execute(statements.INSERT_EXECUTION, new.row)
-    await conn.executemany(statements.INSERT_JOB, new.job_rows)
+    conn.execute(statements.INSERT_EXECUTION, new.row)
+    conn.executemany(statements.INSERT_JOB, new.job_rows)
     return execution
 
 
-async def _update(
-    conn: aiosqlite.Connection, job_rows: list[Row], execution_rows: list[Row]
-) -> None:
+def _update(conn: sqlite3.Connection, job_rows: list[Row], execution_rows: list[Row]) -> None:
     """Write updates; every targeted row must exist, so that a bad ``apply`` writes nothing."""
     if job_rows:
-        cursor = await conn.executemany(statements.UPDATE_JOB, job_rows)
+        cursor = conn.executemany(statements.UPDATE_JOB, job_rows)
         if cursor.rowcount != len(job_rows):
-            raise await _unknown_targets(conn, job_rows, execution_rows)
+            raise _unknown_targets(conn, job_rows, execution_rows)
     if execution_rows:
-        cursor = await conn.executemany(statements.UPDATE_EXECUTION, execution_rows)
+        cursor = conn.executemany(statements.UPDATE_EXECUTION, execution_rows)
         if cursor.rowcount != len(execution_rows):
-            raise await _unknown_targets(conn, job_rows, execution_rows)
+            raise _unknown_targets(conn, job_rows, execution_rows)
 
 
-async def _write_outbox(conn: aiosqlite.Connection, changes: list[OutboxRow]) -> None:
+def _write_outbox(conn: sqlite3.Connection, changes: list[OutboxRow]) -> None:
     """Write outbox changes in order, with one ``executemany`` per run of one statement; every
     targeted row must exist (and every added event id be new), so a bad ``apply`` writes
     nothing."""
@@ -201,18 +198,18 @@ async def _write_outbox(conn: aiosqlite.Connection, changes: list[OutboxRow]) ->
             end += 1
         batch = [row for _, row in changes[start:end]]
         if sql is statements.INSERT_EVENT:
-            await _check_new_event_ids(conn, [row[-2] for row in batch])
-        cursor = await conn.executemany(sql, batch)
+            _check_new_event_ids(conn, [row[-2] for row in batch])
+        cursor = conn.executemany(sql, batch)
         if cursor.rowcount != len(batch):
-            raise await _unknown_events(conn, sql, batch)
+            raise _unknown_events(conn, sql, batch)
         start = end
 
 
-async def _check_new_event_ids(conn: aiosqlite.Connection, event_ids: list[str]) -> None:
+def _check_new_event_ids(conn: sqlite3.Connection, event_ids: list[str]) -> None:
     taken = [i for i, n in Counter(event_ids).items() if n > 1]
     for chunk in statements.chunks(list(dict.fromkeys(event_ids))):
         sql = statements.SELECT_EVENT_IDS.format(marks=statements.marks(len(chunk)))
-        taken += [str(row[0]) for row in await conn.execute_fetchall(sql, chunk)]
+        taken += [str(row[0]) for row in conn.execute(sql, chunk)]
     if taken:
         shown = ", ".join(repr(i) for i in dict.fromkeys(taken))
         raise UnknownTargets(
@@ -221,7 +218,7 @@ async def _check_new_event_ids(conn: aiosqlite.Connection, event_ids: list[str])
         )
 
 
-async def _unknown_events(conn: aiosqlite.Connection, sql: str, batch: list[Row]) -> UnknownTargets:
+def _unknown_events(conn: sqlite3.Connection, sql: str, batch: list[Row]) -> UnknownTargets:
     missing: list[str] = []
     for row in batch:
         event_id, execution_id = row[-2], row[-1]
@@ -232,22 +229,22 @@ async def _unknown_events(conn: aiosqlite.Connection, sql: str, batch: list[Row]
         else:
             query, parameters = statements.EVENT_EXISTS, (event_id, execution_id)
             what = f"webhook event {event_id!r} of execution {execution_id!r}"
-        if not list(await conn.execute_fetchall(query, parameters)):
+        if not list(conn.execute(query, parameters)):
             missing.append(what)
     return _no_such(missing)
 
 
-async def _unknown_targets(
-    conn: aiosqlite.Connection, job_rows: list[Row], execution_rows: list[Row]
+def _unknown_targets(
+    conn: sqlite3.Connection, job_rows: list[Row], execution_rows: list[Row]
 ) -> UnknownTargets:
     missing: list[str] = []
     for row in job_rows:
         execution_id, job_id = row[-2], row[-1]
-        found = await conn.execute_fetchall(statements.JOB_EXISTS, (execution_id, job_id))
+        found = conn.execute(statements.JOB_EXISTS, (execution_id, job_id))
         if not list(found):
             missing.append(f"job {job_id!r} of execution {execution_id!r}")
     for row in execution_rows:
-        found = await conn.execute_fetchall(statements.EXECUTION_EXISTS, (row[-1],))
+        found = conn.execute(statements.EXECUTION_EXISTS, (row[-1],))
         if not list(found):
             missing.append(f"execution {row[-1]!r}")
     return _no_such(missing)

@@ -1,5 +1,8 @@
 """Group commit: concurrent write calls share one transaction, without a background task.
 
+(The writer connection has its own thread, :class:`~adapters.sqlite.connection.WriterThread`;
+the writer role is held by a calling task, which runs each transaction there as one call.)
+
 Each write call (``create``, ``apply``, ``claim``, ``claim_outbox``, ``renew``, ``release``)
 queues a :class:`~adapters.sqlite.transaction.Write` with :meth:`GroupWriter.submit`. If no call
 is writing, the caller takes the writer role; otherwise it waits. The writer takes every queued
@@ -18,11 +21,11 @@ from __future__ import annotations
 
 from collections import deque
 
-import aiosqlite
 import anyio
 from attrs import define, field
 
 from adapters.sqlite import transaction
+from adapters.sqlite.connection import WriterThread
 from adapters.sqlite.errors import Translator, WholeGroup
 from adapters.sqlite.transaction import Write
 from engine.errors import StorageError
@@ -54,20 +57,34 @@ class WriterStats:
 class GroupWriter:
     """The write queue of one connection, and the writer role that commits it."""
 
-    conn: aiosqlite.Connection
+    #: The writer connection, in its thread: every transaction is one call there.
+    thread: WriterThread
     errors: Translator
     stats: WriterStats
     _queue: deque[Write] = field(factory=deque, init=False)
     #: Some call holds the writer role (or has been handed it).
     _writing: bool = field(default=False, init=False)
     _idle: anyio.Event | None = field(default=None, init=False)
+    #: Waiting callers share events (one per group, not one per call: making one costs more
+    #: than writing a row). The first write queued since the writer took its group is the
+    #: likely successor and waits alone, so handing it the role wakes no one else.
+    _successor_waits: bool = field(default=False, init=False)
+    _shared: anyio.Event | None = field(default=None, init=False)
 
     async def submit(self, write: Write) -> Write:
         """Queue ``write`` and return it once committed; raise the error it failed with."""
         self._queue.append(write)
         if self._writing:
+            if not self._successor_waits:
+                self._successor_waits = True
+                write.wake = anyio.Event()
+            else:
+                if self._shared is None:
+                    self._shared = anyio.Event()
+                write.wake = self._shared
             try:
-                await write.wake.wait()
+                while not (write.finished or write.promoted):
+                    await write.wake.wait()  # the writer gives a new one if this one is spent
             except anyio.get_cancelled_exc_class():
                 # Not yet taken by a writer: it is dropped. Already taken: it commits anyway,
                 # and the cancelled caller cannot know; every change is safe to apply again.
@@ -102,6 +119,7 @@ class GroupWriter:
                     write = self._queue.popleft()
                     if not write.abandoned:
                         group.append(write)
+                self._successor_waits, self._shared = False, None  # later writes: new events
                 await self._commit(group)
         except BaseException as exc:  # a bug, or the process is going down: wake every caller
             for write in group:
@@ -112,7 +130,10 @@ class GroupWriter:
                     self._finish(write, error=error)
             raise
         finally:
+            # The role first: the successor sends the next transaction to the writer thread
+            # before this group's callers run, so SQLite commits while the event loop works.
             self._hand_over()
+            self._wake({write.wake for write in group if write.wake is not None})
 
     def _hand_over(self) -> None:
         """Give the writer role to the caller of the oldest queued write, or release it."""
@@ -121,15 +142,30 @@ class GroupWriter:
         if self._queue:
             successor = self._queue[0]
             successor.promoted = True
-            successor.wake.set()
+            if successor.wake is not None:  # it has one: it was queued while a call wrote
+                self._wake({successor.wake})
             return
         self._writing = False
         if self._idle is not None:
             self._idle.set()
 
+    def _wake(self, events: set[anyio.Event]) -> None:
+        """Set ``events``, after giving a fresh event to each queued write that waits on one of
+        them and must wait on (its group was cut at ``MAX_GROUP``, or it shares the event of a
+        successor whose earlier write was abandoned)."""
+        fresh: dict[anyio.Event, anyio.Event] = {}
+        for write in self._queue:
+            spent = write.wake
+            if spent in events and not write.promoted:
+                if spent not in fresh:
+                    fresh[spent] = anyio.Event()
+                write.wake = fresh[spent]
+        for event in events:
+            event.set()
+
     async def _commit(self, group: list[Write]) -> None:
         try:
-            outcomes = await transaction.run(self.conn, group)
+            outcomes = await self.thread.run(transaction.run, group)
         except WholeGroup as exc:
             self.stats.rollbacks += 1
             for write in group:
@@ -154,6 +190,6 @@ class GroupWriter:
     def _finish(
         self, write: Write, *, outcome: object = None, error: Exception | None = None
     ) -> None:
+        """Record the outcome; :meth:`_write` wakes the caller once the role is handed on."""
         write.outcome, write.error, write.finished = outcome, error, True
         self.stats.requests += 1
-        write.wake.set()
