@@ -1,5 +1,5 @@
 """The store's connections: opening a file as a store (check it is one, or empty, set the
-pragmas, migrate), the reader, and the writer with its own thread.
+pragmas, migrate), and making the reader and the writer connections.
 
 See :mod:`adapters.sqlite.schema` for the header fields that mark a store and its migrations.
 """
@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import sqlite3
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
 
 import aiosqlite
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
-from anyio.lowlevel import EventLoopToken
-from attrs import define
 
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from adapters.sqlite.transaction import rollback
 from engine.errors import StorageError
-
-T = TypeVar("T")
 
 
 def check_path(path: Path) -> None:
@@ -56,8 +46,8 @@ def open_writer(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Co
     """The writer, prepared (see :func:`prepare`); blocking, for a worker thread.
 
     A plain ``sqlite3`` connection in autocommit mode (the writer begins its own
-    transactions), usable from any thread: the group-commit writer runs each transaction as one
-    call in a worker thread, one at a time.
+    transactions), usable from any thread: the group-commit writer's thread
+    (:class:`~adapters.sqlite.writer.GroupWriter`) owns it once opened.
     """
     conn = sqlite3.connect(
         path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
@@ -122,57 +112,3 @@ def _check_header(path: Path, application_id: int, version: int, objects: int) -
         f"application (application_id {application_id}, user_version {version}, "
         f"{objects} schema objects), not a store of this library; it was left untouched"
     )
-
-
-@define(eq=False)
-class _Call:
-    function: Callable[..., Any]
-    args: tuple[Any, ...]
-    done: anyio.Event
-    token: EventLoopToken
-    result: Any = None
-    error: BaseException | None = None
-
-
-class WriterThread:
-    """The writer connection's own thread: it runs blocking calls on the connection, one at a
-    time, in the order they were sent.
-
-    Sending a call is synchronous (no checkpoint, unlike ``anyio.to_thread``), so the writer
-    hands the next transaction to SQLite before the callers of the last one run: SQLite commits
-    while the event loop works. The thread ends, closing the connection, at :meth:`close`.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
-        self.conn = conn
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(conn, *args)`` in the thread; its result, or the exception it raised.
-        Not cancellable: a call sent is waited for."""
-        call = _Call(function, args, anyio.Event(), anyio.lowlevel.current_token())
-        self._calls.put(call)
-        with anyio.CancelScope(shield=True):
-            await call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return cast(T, call.result)
-
-    async def close(self) -> None:
-        """Close the connection (an error closing it is ignored) and end the thread."""
-        with contextlib.suppress(sqlite3.Error):
-            await self.run(sqlite3.Connection.close)
-        self._calls.put(None)
-        await anyio.to_thread.run_sync(self._thread.join)
-
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            try:
-                call.result = call.function(self.conn, *call.args)
-            except BaseException as exc:  # handed to the caller, which raises it
-                call.error = exc
-            # Nobody waits when the loop has ended (a store abandoned without close()).
-            with contextlib.suppress(anyio.RunFinishedError):
-                anyio.from_thread.run_sync(call.done.set, token=call.token)

@@ -97,13 +97,15 @@ class SqliteStorage:
     ``busy_timeout`` (seconds) is how long to wait for another process's write lock before
     failing with :class:`~engine.errors.StorageError`.
 
-    Writes go through one writer at a time: concurrent ``create`` and ``apply`` calls are batched
-    into one ``BEGIN IMMEDIATE`` transaction (group commit, see :mod:`adapters.sqlite.writer`),
-    and each call returns only once the transaction holding it has committed. When a call in a batch
-    fails, the batch is rolled back and each of its calls is retried alone, so one bad call fails
-    only itself. A transaction, once begun, is finished even if its writer's caller is
-    cancelled. ``stats`` counts transactions and calls. Several processes (or several instances)
-    may use one file at once.
+    Writes go through one writer at a time: concurrent ``create`` and ``apply`` calls are
+    batched into one ``BEGIN IMMEDIATE`` transaction (group commit, see
+    :mod:`adapters.sqlite.writer`), and each call returns only once the transaction holding it
+    has committed. When a call in a batch fails, the batch is rolled back and each of its calls
+    is retried alone, so one bad call fails only itself. The writer connection has its own
+    thread, which commits one batch while the event loop runs the callers of the last; a batch
+    it has taken is committed even if its callers are cancelled. ``stats`` counts transactions
+    and calls. Several processes (or several instances) may use one file at once. The store
+    runs on asyncio (its reader is ``aiosqlite``; its writer thread reports to the loop).
 
     Ownership (see :class:`~engine.ports.Storage`): ``claim``, ``claim_outbox``, ``renew`` and
     ``release`` are writes, batched like the others; a fenced ``apply`` is checked in the
@@ -123,9 +125,8 @@ class SqliteStorage:
     synchronous: Synchronous = field(default="FULL", kw_only=True, validator=_check_synchronous)
     busy_timeout: float = field(default=5.0, kw_only=True, validator=_check_busy_timeout)
     stats: WriterStats = field(factory=WriterStats, init=False)
-    _writer: connection.WriterThread | None = field(default=None, init=False, repr=False)
+    _writer: GroupWriter | None = field(default=None, init=False, repr=False)
     _reader: aiosqlite.Connection | None = field(default=None, init=False, repr=False)
-    _group: GroupWriter | None = field(default=None, init=False, repr=False)
     _closing: bool = field(default=False, init=False, repr=False)
     _errors: Translator = field(init=False, repr=False)
 
@@ -157,9 +158,9 @@ class SqliteStorage:
                 conn = await anyio.to_thread.run_sync(
                     connection.open_writer, self.path, self.busy_timeout, self.synchronous
                 )
-                self._writer = writer = connection.WriterThread(conn, f"sqlite {self.path}")
+                self._writer = GroupWriter(conn, self._errors, self.stats, f"sqlite {self.path}")
+                self._writer.start()
             self._reader = await connection.connect_reader(self.path, self.busy_timeout)
-            self._group = GroupWriter(writer, self._errors, self.stats)
         except sqlite3.Error as exc:
             await self._close_connections()
             raise self._errors.error("cannot open", exc) from exc
@@ -173,27 +174,21 @@ class SqliteStorage:
         if self._writer is None or self._closing:
             return
         self._closing = True
-        with anyio.CancelScope(shield=True):
-            if self._group is not None:
-                await self._group.drain()
-            await self._close_connections()
+        await self._close_connections()
 
     async def _close_connections(self) -> None:
-        writer, reader = self._writer, self._reader
-        self._writer = self._reader = None
-        self._group = None
         with anyio.CancelScope(shield=True):
-            # Closing: nothing to protect. No write is in flight (close() drained the writer).
-            if reader is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    await reader.close()
-            if writer is not None:
-                await writer.close()
+            if self._writer is not None:  # lets the queued writes commit first
+                await self._writer.close()
+            if self._reader is not None:
+                with contextlib.suppress(sqlite3.Error):  # closing: nothing to protect
+                    await self._reader.close()
+            self._writer = self._reader = None
 
     async def pragmas(self) -> dict[str, int | str]:
         """The writer connection's settings and the file's header fields, for inspection."""
-        group = self._group
-        if group is None:
+        writer = self._writer
+        if writer is None:
             raise StorageError(f"SQLite store {self.path} is not open")
         names = (
             "journal_mode",
@@ -208,7 +203,7 @@ class SqliteStorage:
             return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
 
         try:
-            settings = await group.thread.run(read)
+            settings = await writer.run(read)
         except sqlite3.Error as exc:
             raise self._errors.error("cannot read", exc) from exc
         return settings
@@ -363,7 +358,7 @@ class SqliteStorage:
         await self._submit(Write(operation=partial(claims.release, owner=owner, ids=wanted)))
 
     async def _submit(self, write: Write) -> Write:
-        group = self._group
-        if group is None or self._closing:
+        writer = self._writer
+        if writer is None or self._closing:
             raise StorageError(f"SQLite store {self.path} is not open")
-        return await group.submit(write)
+        return await writer.submit(write)

@@ -1,7 +1,7 @@
 """One group's write transaction: the queued writes of a group, written in queue order.
 
 :class:`Write` is one write call as the writer queues it. :func:`run` writes a group of them
-inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, as one call in a worker thread (one hop off the
+inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, as one call in the writer thread (one hop off the
 event loop per group, not one per statement), and returns each one's outcome (or the exception it
 fails with, for a fenced apply that lost its lease or a create whose idempotency key clashes).
 Runs of updates, and of creates without an idempotency key, are written with one
@@ -16,7 +16,6 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable
 
-import anyio
 from attrs import define, field
 
 from adapters.sqlite import claims, rows, statements
@@ -51,12 +50,9 @@ class Write:
     #: The executions an apply names, each once (only with ``owner``).
     execution_ids: tuple[str, ...] = ()
     operation: Operation | None = None
-    #: Set when the write is finished, or when its caller is to take the writer role; made
-    #: only for a caller that waits (the writer's own write needs none).
-    wake: anyio.Event | None = None
+    #: Set by the writer thread once the write is committed or has failed.
     finished: bool = False
-    promoted: bool = False
-    #: The caller gave up (was cancelled) before a writer took it: it is skipped.
+    #: The caller gave up (was cancelled) before the thread took it: it is skipped.
     abandoned: bool = False
     outcome: object = None
     error: Exception | None = None

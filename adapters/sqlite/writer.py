@@ -1,34 +1,42 @@
-"""Group commit: concurrent write calls share one transaction, without a background task.
-
-(The writer connection has its own thread, :class:`~adapters.sqlite.connection.WriterThread`;
-the writer role is held by a calling task, which runs each transaction there as one call.)
+"""Group commit: concurrent write calls share one transaction, committed by the writer thread.
 
 Each write call (``create``, ``apply``, ``claim``, ``claim_outbox``, ``renew``, ``release``)
-queues a :class:`~adapters.sqlite.transaction.Write` with :meth:`GroupWriter.submit`. If no call
-is writing, the caller takes the writer role; otherwise it waits. The writer takes every queued
-write (up to :data:`MAX_GROUP`, its own first), commits them in one ``BEGIN IMMEDIATE``
-transaction (:func:`adapters.sqlite.transaction.run`), wakes their callers, and hands the role
-to the caller of the oldest write still queued, which wrote nothing yet. So one writer at a
-time, no write acknowledged before its ``COMMIT`` returned, and no task outlives the calls: the
-store may be opened and closed from any task, in any nesting of task groups.
+queues a :class:`~adapters.sqlite.transaction.Write` with :meth:`GroupWriter.submit` and waits.
+Writes queued together form a batch (at most :data:`MAX_GROUP`). The writer connection's own
+thread takes the oldest batch as soon as it is free, commits it in one ``BEGIN IMMEDIATE``
+transaction (:func:`adapters.sqlite.transaction.run`), and tells the event loop, which wakes
+the batch's callers with one event. So one writer at a time, no write acknowledged before its
+``COMMIT`` returned, and while SQLite commits one batch, the event loop runs the callers of the
+last one, which queue the next. No task is spawned: the store may be opened and closed from any
+task, in any nesting of task groups.
 
-When a group fails, it is rolled back and each of its calls is retried alone, so one bad call
-fails only itself. A transaction, once begun, is finished even if its writer's caller is
-cancelled.
+When a batch fails, it is rolled back and each of its calls is retried alone, so one bad call
+fails only itself. A batch the thread has taken is committed even if its callers are cancelled
+(every change is safe to apply again); a call cancelled before is dropped.
+
+The thread reports back with the event loop's ``call_soon_threadsafe``, so the store runs on
+asyncio (as ``aiosqlite``, which its reader uses, does).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+import threading
 from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import anyio
 from attrs import define, field
 
 from adapters.sqlite import transaction
-from adapters.sqlite.connection import WriterThread
 from adapters.sqlite.errors import Translator, WholeGroup
 from adapters.sqlite.transaction import Write
 from engine.errors import StorageError
+
+T = TypeVar("T")
 
 #: The most write calls (create, apply, claim, claim_outbox, renew, release) one transaction takes.
 MAX_GROUP = 1024
@@ -36,7 +44,7 @@ MAX_GROUP = 1024
 
 @define
 class WriterStats:
-    """What the writer task has done since the store was created; for inspection and tests.
+    """What the writer has done since the store was created; for inspection and tests.
 
     ``requests / transactions`` is how well group commit batches: many concurrent ``apply``
     calls share one transaction (and one fsync).
@@ -53,119 +61,148 @@ class WriterStats:
     largest_group: int = 0
 
 
+@define(eq=False)
+class _Batch:
+    """Writes queued together, committed in one transaction; or one ``call`` on the connection
+    outside any transaction (``pragmas()``, closing)."""
+
+    loop: asyncio.AbstractEventLoop
+    done: anyio.Event
+    writes: list[Write] = field(factory=list)
+    call: Callable[[sqlite3.Connection], object] | None = None
+    result: object = None
+    error: BaseException | None = None
+
+
 @define
 class GroupWriter:
-    """The write queue of one connection, and the writer role that commits it."""
+    """The writer connection, its thread, and the queue of batches the thread commits.
 
-    #: The writer connection, in its thread: every transaction is one call there.
-    thread: WriterThread
+    The thread owns the connection from :meth:`start` until :meth:`close` ends it.
+    """
+
+    conn: sqlite3.Connection
     errors: Translator
     stats: WriterStats
-    _queue: deque[Write] = field(factory=deque, init=False)
-    #: Some call holds the writer role (or has been handed it).
-    _writing: bool = field(default=False, init=False)
+    #: The thread's name, for debuggers and thread dumps.
+    name: str
+    #: Guards ``_batches`` and ``_stopping``; the thread waits on it for work.
+    _ready: threading.Condition = field(factory=threading.Condition, init=False)
+    _batches: deque[_Batch] = field(factory=deque, init=False)
+    _stopping: bool = field(default=False, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+    #: Batches queued and not yet reported done (touched on the event loop's thread only).
+    _unfinished: int = field(default=0, init=False)
     _idle: anyio.Event | None = field(default=None, init=False)
-    #: Waiting callers share events (one per group, not one per call: making one costs more
-    #: than writing a row). The first write queued since the writer took its group is the
-    #: likely successor and waits alone, so handing it the role wakes no one else.
-    _successor_waits: bool = field(default=False, init=False)
-    _shared: anyio.Event | None = field(default=None, init=False)
+
+    @property
+    def queued(self) -> int:
+        """Write calls queued that the thread has not taken yet; for inspection and tests."""
+        with self._ready:
+            return sum(len(batch.writes) for batch in self._batches)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+        self._thread.start()
 
     async def submit(self, write: Write) -> Write:
         """Queue ``write`` and return it once committed; raise the error it failed with."""
-        self._queue.append(write)
-        if self._writing:
-            if not self._successor_waits:
-                self._successor_waits = True
-                write.wake = anyio.Event()
-            else:
-                if self._shared is None:
-                    self._shared = anyio.Event()
-                write.wake = self._shared
-            try:
-                while not (write.finished or write.promoted):
-                    await write.wake.wait()  # the writer gives a new one if this one is spent
-            except anyio.get_cancelled_exc_class():
-                # Not yet taken by a writer: it is dropped. Already taken: it commits anyway,
-                # and the cancelled caller cannot know; every change is safe to apply again.
-                write.abandoned = True
-                if write.promoted and not write.finished:
-                    self._hand_over()  # the role was handed to this call: pass it on
-                raise
-        else:
-            self._writing = True
-            write.promoted = True
-        if not write.finished:
-            await self._write()
+        with self._ready:
+            batches = self._batches
+            batch = batches[-1] if batches else None
+            if batch is None or batch.call is not None or len(batch.writes) >= MAX_GROUP:
+                batch = self._queue(_Batch(asyncio.get_running_loop(), anyio.Event()))
+            batch.writes.append(write)
+        try:
+            await batch.done.wait()
+        except anyio.get_cancelled_exc_class():
+            # Not yet taken by the thread: it is dropped. Already taken: it commits anyway,
+            # and the cancelled caller cannot know; every change is safe to apply again.
+            write.abandoned = True
+            raise
         if write.error is not None:
             raise write.error
         return write
 
-    async def drain(self) -> None:
-        """Wait until no call holds the writer role (the caller refuses new writes first)."""
+    async def run(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        """``call(conn)`` in the thread, after the writes queued before it, outside any
+        transaction; its result or the exception it raised. Not cancellable."""
+        with self._ready:
+            batch = self._queue(_Batch(asyncio.get_running_loop(), anyio.Event(), call=call))
         with anyio.CancelScope(shield=True):
-            while self._writing:  # the queued writes' callers pass the writer role on
+            await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return cast(T, batch.result)
+
+    async def close(self) -> None:
+        """Let every queued write commit, close the connection, end the thread. Not
+        cancellable; the caller refuses new writes first."""
+        with anyio.CancelScope(shield=True):
+            while self._unfinished:
                 self._idle = anyio.Event()
                 await self._idle.wait()
             self._idle = None
+            with contextlib.suppress(sqlite3.Error):  # closing: nothing to protect
+                await self.run(sqlite3.Connection.close)
+            with self._ready:
+                self._stopping = True
+                self._ready.notify()
+            if self._thread is not None:
+                await anyio.to_thread.run_sync(self._thread.join)
 
-    async def _write(self) -> None:
-        """Hold the writer role: commit the queued writes (this call's first), then hand over."""
-        group: list[Write] = []
+    def _queue(self, batch: _Batch) -> _Batch:
+        """Append ``batch`` (the caller holds ``_ready``) and wake the thread."""
+        self._batches.append(batch)
+        self._unfinished += 1
+        self._ready.notify()
+        return batch
+
+    def _done(self, batch: _Batch) -> None:
+        """On the event loop: wake the batch's callers."""
+        batch.done.set()
+        self._unfinished -= 1
+        if not self._unfinished and self._idle is not None:
+            self._idle.set()
+
+    # --- in the writer thread ---------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while not self._batches and not self._stopping:
+                    self._ready.wait()
+                if not self._batches:
+                    return
+                batch = self._batches.popleft()
+            self._handle(batch)
+            # Nobody waits when the loop has ended (a store abandoned without close()).
+            with contextlib.suppress(RuntimeError):
+                batch.loop.call_soon_threadsafe(self._done, batch)
+
+    def _handle(self, batch: _Batch) -> None:
+        if batch.call is not None:
+            try:
+                batch.result = batch.call(self.conn)
+            except BaseException as exc:  # handed to the caller, which raises it
+                batch.error = exc
+            return
+        group = [write for write in batch.writes if not write.abandoned]
+        if not group:
+            return
         try:
-            # Never leave a transaction half done, even when this call is cancelled.
-            with anyio.CancelScope(shield=True):
-                while self._queue and len(group) < MAX_GROUP:
-                    write = self._queue.popleft()
-                    if not write.abandoned:
-                        group.append(write)
-                self._successor_waits, self._shared = False, None  # later writes: new events
-                await self._commit(group)
-        except BaseException as exc:  # a bug, or the process is going down: wake every caller
+            self._commit(group)
+        except BaseException as exc:  # a bug: fail every call of the batch, keep serving
             for write in group:
                 if not write.finished:
                     error = StorageError(
                         f"write to SQLite store {self.errors.path} interrupted: {exc!r}"
                     )
                     self._finish(write, error=error)
-            raise
-        finally:
-            # The role first: the successor sends the next transaction to the writer thread
-            # before this group's callers run, so SQLite commits while the event loop works.
-            self._hand_over()
-            self._wake({write.wake for write in group if write.wake is not None})
 
-    def _hand_over(self) -> None:
-        """Give the writer role to the caller of the oldest queued write, or release it."""
-        while self._queue and self._queue[0].abandoned:
-            self._queue.popleft()
-        if self._queue:
-            successor = self._queue[0]
-            successor.promoted = True
-            if successor.wake is not None:  # it has one: it was queued while a call wrote
-                self._wake({successor.wake})
-            return
-        self._writing = False
-        if self._idle is not None:
-            self._idle.set()
-
-    def _wake(self, events: set[anyio.Event]) -> None:
-        """Set ``events``, after giving a fresh event to each queued write that waits on one of
-        them and must wait on (its group was cut at ``MAX_GROUP``, or it shares the event of a
-        successor whose earlier write was abandoned)."""
-        fresh: dict[anyio.Event, anyio.Event] = {}
-        for write in self._queue:
-            spent = write.wake
-            if spent in events and not write.promoted:
-                if spent not in fresh:
-                    fresh[spent] = anyio.Event()
-                write.wake = fresh[spent]
-        for event in events:
-            event.set()
-
-    async def _commit(self, group: list[Write]) -> None:
+    def _commit(self, group: list[Write]) -> None:
         try:
-            outcomes = await self.thread.run(transaction.run, group)
+            outcomes = transaction.run(self.conn, group)
         except WholeGroup as exc:
             self.stats.rollbacks += 1
             for write in group:
@@ -177,7 +214,7 @@ class GroupWriter:
                 self._finish(group[0], error=self.errors.failure(exc))
                 return
             for write in group:  # find the culprit: each alone, so the others still commit
-                await self._commit([write])
+                self._commit([write])
             return
         self.stats.transactions += 1
         self.stats.largest_group = max(self.stats.largest_group, len(group))
@@ -187,9 +224,6 @@ class GroupWriter:
             else:
                 self._finish(write, outcome=outcome)
 
-    def _finish(
-        self, write: Write, *, outcome: object = None, error: Exception | None = None
-    ) -> None:
-        """Record the outcome; :meth:`_write` wakes the caller once the role is handed on."""
+    def _finish(self, write: Write, *, outcome: Any = None, error: Exception | None = None) -> None:
         write.outcome, write.error, write.finished = outcome, error, True
         self.stats.requests += 1
