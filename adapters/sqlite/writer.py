@@ -138,6 +138,10 @@ class GroupWriter:
     async def close(self) -> None:
         """Let every queued write commit, close the connection, end the thread. Not
         cancellable; the caller refuses new writes first."""
+        if self._thread is None:  # never started: nothing queued, no thread to end
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            return
         with anyio.CancelScope(shield=True):
             while self._unfinished:
                 self._idle = anyio.Event()
@@ -148,8 +152,7 @@ class GroupWriter:
             with self._ready:
                 self._stopping = True
                 self._ready.notify()
-            if self._thread is not None:
-                await anyio.to_thread.run_sync(self._thread.join)
+            await anyio.to_thread.run_sync(self._thread.join)
 
     def _queue(self, batch: _Batch) -> _Batch:
         """Append ``batch`` (the caller holds ``_ready``) and wake the thread."""
