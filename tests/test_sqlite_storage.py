@@ -26,7 +26,8 @@ from test_storage_contract import (
 
 from adapters.sqlite import SqliteStorage
 from adapters.sqlite.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from adapters.sqlite.storage import _SELECT_HOLDERS
+from adapters.sqlite.statements import SELECT_HOLDERS
+from adapters.sqlite.writer import MAX_GROUP
 from engine.errors import ConfigError, IdempotencyConflict, LeaseLost, StorageError
 from engine.models import (
     Change,
@@ -54,7 +55,17 @@ async def outcome(call: Awaitable[Any]) -> Any:
         return type(exc)
 
 
-async def queued_in_order(path: Path, calls: list[Awaitable[Any]]) -> list[Any]:
+async def taken_by_the_writer(store: SqliteStorage) -> None:
+    """Wait until the writer thread has taken every queued write. Polls: no event of the
+    loop's marks a thread's progress."""
+    writer = store._writer
+    assert writer is not None
+    with anyio.fail_after(5):
+        while writer.queued:  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+
+
+async def queued_in_order(store: SqliteStorage, calls: list[Awaitable[Any]]) -> list[Any]:
     """Run ``calls`` so that they queue for the writer in this order, behind a first call that
     waits for a write lock another program holds; their outcomes. Every call after the first
     is written in one group."""
@@ -63,13 +74,15 @@ async def queued_in_order(path: Path, calls: list[Awaitable[Any]]) -> list[Any]:
     async def run(n: int, call: Awaitable[Any]) -> None:
         results[n] = await outcome(call)
 
-    other = raw(path)
+    other = raw(store.path)
     try:
         other.execute("BEGIN IMMEDIATE")
         async with anyio.create_task_group() as tg:
             for n, call in enumerate(calls):
                 tg.start_soon(run, n, call)
                 await anyio.wait_all_tasks_blocked()
+                if n == 0:
+                    await taken_by_the_writer(store)  # it waits for the lock in BEGIN
             other.execute("ROLLBACK")
     finally:
         other.close()
@@ -288,19 +301,25 @@ async def test_cancelled_callers_leave_the_store_working(tmp_path: Path) -> None
             with scopes[n - 1]:
                 await store.apply([JobUpdate("exec_1", f"job{n}", "completed", 1, 1.0, 2.0)])
 
-        other = raw(path)  # holds the write lock: the first call waits for it, as the writer
+        writer = store._writer
+        assert writer is not None
+        other = raw(path)  # holds the write lock: the writer thread waits for it in BEGIN
         try:
             other.execute("BEGIN IMMEDIATE")
             async with anyio.create_task_group() as tg:
-                for n in range(1, 4):
+                tg.start_soon(complete, 1)
+                await anyio.wait_all_tasks_blocked()
+                await taken_by_the_writer(store)  # job1's write; it waits for the lock in BEGIN
+                for n in range(2, 4):
                     tg.start_soon(complete, n)
                 await anyio.wait_all_tasks_blocked()
-                scopes[0].cancel()  # the writer: its transaction is finished all the same
-                scopes[1].cancel()  # queued: dropped, and the writer role skips it
+                assert writer.queued == 2
+                scopes[0].cancel()  # taken by the writer: its transaction is finished all the same
+                scopes[1].cancel()  # queued: dropped, and the writer thread skips it
                 other.execute("ROLLBACK")
         finally:
             other.close()
-        await complete(4)  # the writer role was released
+        await complete(4)  # the writer goes on
 
         stored = await store.get("exec_1")
         assert stored is not None
@@ -541,6 +560,33 @@ async def test_racing_idempotent_creates_yield_one_execution(tmp_path: Path) -> 
 T0 = 1_000.0
 
 
+async def test_a_group_holds_at_most_max_group_calls(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SqliteStorage(path) as store:
+        await store.create(make_execution("exec_1"))
+        writer = store._writer
+        assert writer is not None
+        before = store.stats.transactions
+        update = [ExecutionUpdate("exec_1", "processing", 1.0)]
+        other = raw(path)  # holds the write lock: the writer thread waits for it in BEGIN
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.apply, update)
+                await anyio.wait_all_tasks_blocked()
+                await taken_by_the_writer(store)
+                for _ in range(MAX_GROUP + 10):
+                    tg.start_soon(store.apply, update)
+                await anyio.wait_all_tasks_blocked()
+                assert writer.queued == MAX_GROUP + 10
+                other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert store.stats.largest_group == MAX_GROUP
+        assert store.stats.transactions == before + 3  # the first call, MAX_GROUP, then 10
+        assert store.stats.rollbacks == 0
+
+
 async def test_a_fenced_out_call_fails_alone_and_its_group_commits(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     async with SqliteStorage(path) as store:
@@ -557,7 +603,7 @@ async def test_a_fenced_out_call_fails_alone_and_its_group_commits(tmp_path: Pat
         calls.append(store.apply([ExecutionUpdate("exec_b", "failed", 1.0, 2.0)], owner="A"))
         calls.append(store.apply([ExecutionUpdate("exec_b", "processing", 1.0)]))  # unfenced
 
-        results = await queued_in_order(path, calls)
+        results = await queued_in_order(store, calls)
 
         lost = {n: r for n, r in enumerate(results) if r is not None}
         assert lost == {6: LeaseLost, len(calls) - 2: LeaseLost}
@@ -600,7 +646,7 @@ async def test_a_fence_sees_the_writes_queued_before_it_in_its_group(tmp_path: P
             store.renew("B", lease_until=T0 + 60),
         ]
 
-        results = await queued_in_order(path, calls)
+        results = await queued_in_order(store, calls)
 
         assert results[1] is None
         assert [e.id for e in results[2]] == ["exec_1"]
@@ -764,7 +810,7 @@ async def test_outbox_writes_are_fenced_and_fail_alone_in_their_group(tmp_path: 
             store.renew("C", lease_until=T0 + 90),
         ]
 
-        results = await queued_in_order(path, calls)
+        results = await queued_in_order(store, calls)
 
         assert results[:4] == [None, None, None, StorageError]
         [claimed] = results[4]
@@ -891,7 +937,7 @@ async def test_a_version_2_file_is_migrated_on_open(tmp_path: Path) -> None:
                     "SELECT attempt FROM delivery_attempts WHERE execution_id = ? ORDER BY seq",
                     ("exec_1",),
                 ),
-                (_SELECT_HOLDERS, ()),
+                (SELECT_HOLDERS, ()),
             ]
         ]
     conn.close()
