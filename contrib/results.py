@@ -96,8 +96,9 @@ class ResultLinks:
     or ``None`` to serve none. ``secret``: the HMAC key (text or bytes; ``None``: random, for
     this process only). ``public_url``: the server's address as clients reach it (such as
     ``https://videos.example.com``); when ``None`` a link read from the API is built from the
-    request (its scheme and ``Host``), and webhooks wait until :attr:`public_url` is set (the
-    server sets it once it listens). ``s3``: the store whose ``s3://`` URLs are presigned.
+    request (its scheme and ``Host``), and webhooks use :attr:`server_url`, waiting until it is
+    set (``contrib.serve`` sets it to its own ``http://host:port`` once it listens). ``s3``: the
+    store whose ``s3://`` URLs are presigned.
     ``clock``: when links expire (tests pass a manual one).
     """
 
@@ -124,7 +125,8 @@ class ResultLinks:
         self.root = None if root is None else Path(root).resolve()
         self.ttl = float(ttl)
         self.webhook_ttl = float(webhook_ttl)
-        self._public_url_set: anyio.Event | None = None
+        self._server_url_set: anyio.Event | None = None
+        self._server_url: str | None = None
         self._public_url: str | None = None
         self.public_url = public_url
         self.s3 = s3
@@ -177,7 +179,7 @@ class ResultLinks:
             )
             return None
         if base_url is None:
-            base_url = await self._wait_public_url()
+            base_url = self.public_url or await self._wait_server_url()
         return self.link(execution_id, path, base_url=base_url, ttl=ttl)
 
     async def video(
@@ -367,18 +369,27 @@ class ResultLinks:
     @public_url.setter
     def public_url(self, url: str | None) -> None:
         self._public_url = None if url is None else _checked_base(url)
-        if url is not None and self._public_url_set is not None:
-            self._public_url_set.set()
 
-    async def _wait_public_url(self) -> str:
+    @property
+    def server_url(self) -> str | None:
+        """The server's own address: what links in webhooks use without :attr:`public_url`."""
+        return self._server_url
+
+    @server_url.setter
+    def server_url(self, url: str | None) -> None:
+        self._server_url = None if url is None else _checked_base(url)
+        if url is not None and self._server_url_set is not None:
+            self._server_url_set.set()
+
+    async def _wait_server_url(self) -> str:
         # Only webhooks get here, and only before the server listens (port 0): wait for it.
-        if self._public_url is None:
-            if self._public_url_set is None:
-                self._public_url_set = anyio.Event()
+        if self._server_url is None:
+            if self._server_url_set is None:
+                self._server_url_set = anyio.Event()
             with anyio.fail_after(60):
-                await self._public_url_set.wait()
-        assert self._public_url is not None
-        return self._public_url
+                await self._server_url_set.wait()
+        assert self._server_url is not None
+        return self._server_url
 
     def _bucket(self) -> str:
         return "(none)" if self.s3 is None else self.s3.bucket

@@ -186,7 +186,7 @@ async def run(
     )
     provider, links = result_setup(provider, output_dir=output_dir, **(results or {}))
     if links.public_url is None and port != 0:
-        links.public_url = _own_url(host, port)
+        links.server_url = _own_url(host, port)
     notifier = ResultLinkNotifier(HttpNotifier(allowed_networks=tuple(allowed_networks)), links)
     if postgres is not None:
         engine = Engine.postgres(
@@ -227,8 +227,8 @@ async def run(
                 task_group.cancel_scope.cancel()  # stop listening for signals
 
             running = await task_group.start(serve_then_stop)
-            if links.public_url is None:
-                links.public_url = _own_url(host, running.port)
+            if links.public_url is None and links.server_url is None:
+                links.server_url = _own_url(host, running.port)
             task_group.start_soon(_stop_on_signals, running)
             log.info("serving %s on %s (%d API keys)", where, running.url, len(api_keys))
         # The server has stopped; leaving ``async with engine`` releases its jobs in flight.

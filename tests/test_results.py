@@ -83,7 +83,7 @@ async def served(
         live_api(None, engine=engine, results=links) as live,
         httpx.AsyncClient(base_url=live.url, timeout=30) as client,
     ):
-        links.public_url = live.url
+        links.server_url = live.url  # what contrib.serve sets: webhooks only
         yield live, client, links
 
 
@@ -479,3 +479,42 @@ def test_http_provider_errors_name_what_is_wrong(
         config = str(path)
     with pytest.raises(ConfigError, match=message):
         load_provider("http", config_file=config, environ=environ)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+async def test_contrib_serve_with_ffmpeg_hands_out_links_that_download(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+
+    from test_http_serve import _drain, _serving_url
+
+    command = [sys.executable, "-m", "contrib.serve", "--db", str(tmp_path / "e.db")]
+    command += ["--port", "0", "--no-access-log", "--provider", "ffmpeg"]
+    command += ["--output-dir", str(tmp_path / "videos"), "--result-ttl", "600"]
+    env = {**os.environ, "ENGINE_API_KEYS": "key-alpha=alpha", "VIDEOFLOW_RESULT_SECRET": SECRET}
+    root = Path(__file__).parents[1]
+    async with await anyio.open_process(command, env=env, cwd=root) as process:
+        try:
+            url, lines = await _serving_url(process)
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                plan = {"jobs": [PLAN["jobs"][0] | {"output": "$clip"}]}
+                status = await completed(client, await submit(client, plan))
+                link = status["result"]["url"]
+                assert link.startswith(f"{url}/results/exec_")
+                expires = int(parse_qs(urlsplit(link).query)["expires"][0])
+                assert 0 < expires - time.time() <= 601
+                async with httpx.AsyncClient(timeout=30) as anonymous:
+                    video = await anonymous.get(link)
+                assert video.status_code == 200, video.text
+            (tmp_path / "got.mp4").write_bytes(video.content)
+            assert (await probe(tmp_path / "got.mp4")).duration == pytest.approx(1.0, abs=0.05)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(20):
+                code = await process.wait()
+        rest = await _drain(process)
+    assert code == 0, rest
+    assert "random secret" not in "\n".join(lines) + rest
