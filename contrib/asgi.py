@@ -12,6 +12,8 @@ nothing. Routes (all under ``Authorization: Bearer <key>`` except ``/healthz`` a
 - ``POST /api/execute/{id}/cancel``, ``.../resume`` and ``.../redeliver`` (send an ended
   execution's webhook again, same ``webhook-id``): ``202 {"executionId", "status"}``.
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
+- ``GET /results/...``: a result video, by a signed expiring link and no key
+  (:mod:`contrib.results`); every ``video.url`` the API shows is made fetchable there.
 
 Checks run in this order: route (404), method (405 with ``Allow``), key (401), rate (429),
 content type (415), size (413), JSON (400), plan (422). Every error is a problem
@@ -48,6 +50,7 @@ from contrib.problems import (
     HttpProblem,
     dump_json,
 )
+from contrib.results import ResultLinks, link_path
 from contrib.types import Headers, Receive, Scope, Send
 from contrib.views import execution_to_json
 from engine.engine import Engine
@@ -83,13 +86,14 @@ _Handler = Callable[["_Request"], Awaitable[Response]]
 class _Request:
     """What a handler needs of one request; headers are read once, lazily."""
 
-    __slots__ = ("execution_id", "headers", "receive", "tenant")
+    __slots__ = ("execution_id", "headers", "receive", "scope", "tenant")
 
     def __init__(self, scope: Scope, receive: Receive, execution_id: str | None) -> None:
         self.headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             self.headers.setdefault(name.lower(), value)
         self.receive = receive
+        self.scope = scope
         self.execution_id = execution_id
         self.tenant: str | None = None
 
@@ -114,6 +118,7 @@ class App:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         rate_limit: tuple[float, float] | None = DEFAULT_RATE_LIMIT,
         title: str = "videoflow engine",
+        results: ResultLinks | None = None,
     ) -> None:
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
             raise TypeError("max_body_bytes must be an int")
@@ -124,7 +129,10 @@ class App:
         self._keys = KeyRing(api_keys)
         self._limiter = None if rate_limit is None else RateLimiter(*rate_limit)
         self._in_flight: set[tuple[str, str]] = set()
-        self._completed: dict[tuple[str, str], Response] = {}
+        self._completed: dict[tuple[str, str], dict[str, Any]] = {}
+        #: Makes ``video.url`` fetchable and serves ``/results/...``; by default the links of a
+        #: random per-process secret, over the provider's ``output_dir`` if it has one.
+        self.results = ResultLinks.for_provider(engine.provider) if results is None else results
         #: Responses sent, by status code (shown by ``/metrics``).
         self.responses: Counter[int] = Counter()
         self._openapi = dump_json(openapi_document(title=title))
@@ -152,6 +160,10 @@ class App:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        result_path = link_path(scope)
+        if result_path is not None:
+            self.responses[await self.results.serve(scope, send, result_path)] += 1
+            return
         try:
             status, headers, body = await self._dispatch(scope, receive)
         except ClientDisconnected:
@@ -248,21 +260,23 @@ class App:
     async def _status(self, request: _Request) -> Response:
         execution_id = _known_id(request.execution_id)
         slot = (request.tenant or "", execution_id)
-        cached = self._completed.get(slot)
-        if cached is not None:
-            return cached
-        try:
-            report = await self.engine.status(execution_id, tenant=request.tenant)
-        except UnknownExecution:
-            raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
-        response = _json_response(200, report.to_json())
-        if report.status == "completed":
-            # Final: nothing changes a completed execution (only failed or cancelled ones can be
-            # resumed), so its status body is kept for the clients that poll it again.
-            self._completed[slot] = response
-            if len(self._completed) > _COMPLETED_CACHE:
-                del self._completed[next(iter(self._completed))]
-        return response
+        body = self._completed.get(slot)
+        if body is None:
+            try:
+                report = await self.engine.status(execution_id, tenant=request.tenant)
+            except UnknownExecution:
+                raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
+            body = report.to_json()
+            if report.status == "completed":
+                # Final: nothing changes a completed execution (only failed or cancelled ones
+                # can be resumed), so its status body is kept for the clients that poll it again.
+                self._completed[slot] = body
+                if len(self._completed) > _COMPLETED_CACHE:
+                    del self._completed[next(iter(self._completed))]
+        base_url = self.results.base_url_of(request.scope, request.headers)
+        return _json_response(
+            200, await self.results.status_body(body, execution_id, base_url=base_url)
+        )
 
     async def _execution(self, request: _Request) -> Response:
         execution_id = _known_id(request.execution_id)
@@ -276,7 +290,9 @@ class App:
                 deliveries = await self.engine.deliveries(execution_id, tenant=request.tenant)
             except UnknownExecution:
                 raise HttpProblem(NOT_FOUND, _NO_SUCH_EXECUTION) from None
-        return _json_response(200, execution_to_json(execution, deliveries=deliveries))
+        body = execution_to_json(execution, deliveries=deliveries)
+        base_url = self.results.base_url_of(request.scope, request.headers)
+        return _json_response(200, await self.results.execution_body(body, base_url=base_url))
 
     async def _cancel(self, request: _Request) -> Response:
         return await self._act(request, self.engine.cancel)
@@ -330,13 +346,16 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     rate_limit: tuple[float, float] | None = DEFAULT_RATE_LIMIT,
     title: str = "videoflow engine",
+    results: ResultLinks | None = None,
 ) -> App:
     """The HTTP API over ``engine`` (which the caller runs, ``async with engine:``).
 
     ``api_keys`` maps each API key to its tenant; keys are kept only as SHA-256 digests.
     ``max_body_bytes`` bounds a ``POST /api/execute`` body (413 over it). ``rate_limit`` is
     ``(requests, per_seconds)`` per key, a token bucket (429 with ``Retry-After`` over it), or
-    ``None`` for no limit.
+    ``None`` for no limit. ``results`` signs and serves the links every ``video.url`` is shown
+    as (:class:`contrib.results.ResultLinks`; default: a random secret, the provider's
+    ``output_dir``, 24 h links).
     """
     return App(
         engine,
@@ -344,6 +363,7 @@ def create_app(
         max_body_bytes=max_body_bytes,
         rate_limit=rate_limit,
         title=title,
+        results=results,
     )
 
 

@@ -46,6 +46,9 @@ IDEMPOTENCY_CONFLICT = Kind(
     "idempotency-conflict", 422, "Idempotency key reused with a different request"
 )
 RATE_LIMITED = Kind("rate-limited", 429, "Too many requests")
+LINK_REFUSED = Kind("link-refused", 403, "Invalid result link")
+LINK_EXPIRED = Kind("link-expired", 410, "Result link expired")
+RANGE_NOT_SATISFIABLE = Kind("range-not-satisfiable", 416, "Range not satisfiable")
 INTERNAL = Kind("internal-error", 500, "Internal server error")
 
 #: Every kind the API can answer, by name (the OpenAPI document lists their types).
@@ -63,6 +66,9 @@ KINDS: Mapping[str, Kind] = {
         INVALID_PLAN,
         IDEMPOTENCY_CONFLICT,
         RATE_LIMITED,
+        LINK_REFUSED,
+        LINK_EXPIRED,
+        RANGE_NOT_SATISFIABLE,
         INTERNAL,
     )
 }

@@ -2,7 +2,9 @@
 
 With ``--postgres DSN`` instead of ``--db``, the server is an API node of a fleet: it submits,
 reads, cancels and resumes, and ``python -m contrib.worker`` processes run the jobs.
-``--provider SPEC`` (``fake``, ``ffmpeg``, ``module:attribute``) says what runs them here.
+``--provider SPEC`` (``fake``, ``ffmpeg``, ``http``, ``module:attribute``) says what runs them
+here. Videos are shown at signed, expiring links the server serves (or presigned S3 URLs): see
+:mod:`contrib.results` and the options of :mod:`contrib.result_options`.
 
 API keys come from ``ENGINE_API_KEYS`` (``"key1=tenant1,key2=tenant2"``) or ``--keys-file`` (one
 ``key=tenant`` a line). The engine (``Engine.sqlite(--db)``) and uvicorn run in one task group. On
@@ -23,15 +25,16 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
 
 from contrib.auth import parse_keys
+from contrib.result_options import add_result_options
 from contrib.types import ASGIApp
-from contrib.worker import add_provider_options
+from contrib.worker import add_provider_options, result_arguments
 from engine import ConfigError, StorageError
 
 try:
@@ -160,24 +163,31 @@ async def run(
     concurrency: int | None = None,
     allowed_networks: Sequence[str] = (),
     access_log: bool = True,
+    provider_config: str | None = None,
+    results: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the engine (``Engine.sqlite(db)``, or ``Engine.postgres(postgres)``: an API node
     that runs no job unless ``concurrency`` says so) and the HTTP API over it until SIGINT or
-    SIGTERM."""
+    SIGTERM. ``results``: the keyword arguments of :func:`contrib.result_options.result_setup`
+    (the links videos are shown at)."""
     from adapters.http import HttpNotifier
     from contrib.asgi import create_app
     from contrib.providers import load_provider
+    from contrib.result_options import result_setup
+    from contrib.results import ResultLinkNotifier
     from engine import Engine
 
-    notifier = HttpNotifier(allowed_networks=tuple(allowed_networks))
     provider = load_provider(
         provider_spec,
         output_dir=output_dir,
         input_dirs=input_dirs,
         allowed_networks=allowed_networks,
+        config_file=provider_config,
     )
-    if provider_spec == "fake":
-        log.warning("--provider fake: results are not real videos (fake:// URLs)")
+    provider, links = result_setup(provider, output_dir=output_dir, **(results or {}))
+    if links.public_url is None and port != 0:
+        links.server_url = _own_url(host, port)
+    notifier = ResultLinkNotifier(HttpNotifier(allowed_networks=tuple(allowed_networks)), links)
     if postgres is not None:
         engine = Engine.postgres(
             postgres,
@@ -196,7 +206,11 @@ async def run(
         raise ConfigError("serve needs --db FILE or --postgres DSN")
     async with engine:
         app = create_app(
-            engine, api_keys=api_keys, max_body_bytes=max_body_bytes, rate_limit=rate_limit
+            engine,
+            api_keys=api_keys,
+            max_body_bytes=max_body_bytes,
+            rate_limit=rate_limit,
+            results=links,
         )
         async with anyio.create_task_group() as task_group:
 
@@ -213,10 +227,26 @@ async def run(
                 task_group.cancel_scope.cancel()  # stop listening for signals
 
             running = await task_group.start(serve_then_stop)
+            if links.public_url is None and links.server_url is None:
+                links.server_url = _own_url(host, running.port)
             task_group.start_soon(_stop_on_signals, running)
             log.info("serving %s on %s (%d API keys)", where, running.url, len(api_keys))
         # The server has stopped; leaving ``async with engine`` releases its jobs in flight.
     log.info("engine stopped")
+
+
+def _own_url(host: str, port: int) -> str:
+    """The server's address for links in webhooks when ``--public-url`` is not given."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+        log.warning(
+            "result links in webhooks use http://%s:%d; pass --public-url if clients reach the "
+            "server by another address",
+            host,
+            port,
+        )
+    name = f"[{host}]" if ":" in host else host
+    return f"http://{name}:{port}"
 
 
 def _rate_limit(text: str) -> tuple[float, float] | None:
@@ -266,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="per key: REQUESTS/SECONDS (a burst of REQUESTS, refilled over SECONDS), or none",
     )
     add_provider_options(parser)
+    add_result_options(parser)
     parser.add_argument("--no-access-log", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -292,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 concurrency=args.concurrency,
                 allowed_networks=args.allow_webhook_network,
                 access_log=not args.no_access_log,
+                provider_config=args.provider_config,
+                results=result_arguments(args),
             )
         )
     except (ConfigError, StorageError) as exc:

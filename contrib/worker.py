@@ -18,11 +18,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import anyio
 
 from contrib.providers import NAMED, load_provider
+from contrib.result_options import add_result_options, require_webhook_links, result_setup
+from contrib.results import ResultLinkNotifier
 from engine import ConfigError, Engine, StorageError
 from engine.catalogue import JOB_TYPES
 
@@ -58,6 +61,11 @@ def add_provider_options(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help=f"{', '.join(NAMED)}, or module:attribute (a provider or a factory); default fake",
     )
+    parser.add_argument(
+        "--provider-config",
+        metavar="FILE",
+        help="settings of --provider http (JSON, or TOML by its .toml name; see contrib.providers)",
+    )
     parser.add_argument("--output-dir", help="where --provider ffmpeg writes its videos")
     parser.add_argument(
         "--input-dir",
@@ -87,8 +95,11 @@ async def run(
     output_dir: str | None = None,
     input_dirs: Sequence[str] = (),
     allowed_networks: Sequence[str] = (),
+    provider_config: str | None = None,
+    results: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run a worker until SIGTERM or SIGINT."""
+    """Run a worker until SIGTERM or SIGINT. ``results``: the keyword arguments of
+    :func:`contrib.result_options.result_setup` (the links in its webhooks)."""
     from adapters.http import HttpNotifier
 
     provider = load_provider(
@@ -96,13 +107,14 @@ async def run(
         output_dir=output_dir,
         input_dirs=input_dirs,
         allowed_networks=allowed_networks,
+        config_file=provider_config,
     )
-    if provider_spec == "fake":
-        log.warning("--provider fake: results are not real videos (fake:// URLs)")
+    provider, links = result_setup(provider, output_dir=output_dir, **(results or {}))
+    require_webhook_links(links)
     engine = Engine.postgres(
         dsn,
         provider,
-        HttpNotifier(allowed_networks=tuple(allowed_networks)),
+        ResultLinkNotifier(HttpNotifier(allowed_networks=tuple(allowed_networks)), links),
         schema=schema,
         job_types=job_types,
         limits=limits or None,
@@ -140,6 +152,19 @@ async def run(
     log.info("worker stopped")
 
 
+def result_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``result_setup`` from parsed :func:`add_result_options`."""
+    return {
+        "public_url": args.public_url,
+        "secret": args.result_secret,
+        "ttl": args.result_ttl,
+        "webhook_ttl": args.webhook_result_ttl,
+        "s3_bucket": args.s3_bucket,
+        "s3_endpoint_url": args.s3_endpoint_url,
+        "s3_prefix": args.s3_prefix,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m contrib.worker",
@@ -168,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--grace", type=float, default=30.0, help="seconds running jobs may take to finish"
     )
     add_provider_options(parser)
+    add_result_options(parser)
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1 (an API node is contrib.serve)")
@@ -185,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 output_dir=args.output_dir,
                 input_dirs=args.input_dir,
                 allowed_networks=args.allow_webhook_network,
+                provider_config=args.provider_config,
+                results=result_arguments(args),
             )
         )
     except (ConfigError, StorageError) as exc:
