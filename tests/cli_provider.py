@@ -5,7 +5,8 @@ Each job writes a small file into ``$CLI_TEST_MEDIA`` and returns its URL under
 ``$CLI_TEST_MEDIA_URL`` (a file server the test runs), or its ``file://`` URL when the prompt
 starts with ``file:`` (and for jobs whose inputs are such files). A prompt holding ``slow``
 takes a minute (to be cancelled); one holding ``fail-once`` fails its first attempt for good
-(``retryable=False``) and succeeds when the execution is resumed.
+(``retryable=False``) and succeeds when the execution is resumed; ``gate:NAME`` waits until the
+test creates the file ``NAME`` in the media directory (a minute at most).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class ServedFiles:
         prompt = str(request.params.get("prompt", ""))
         key = (request.execution_id, request.job_id)
         await anyio.sleep(60 if "slow" in prompt else self.latency)
+        if "gate:" in prompt:
+            gate = anyio.Path(self.media / prompt.partition("gate:")[2].split()[0])
+            with anyio.fail_after(60):
+                while not await gate.exists():  # noqa: ASYNC110 - another process makes it
+                    await anyio.sleep(0.05)
         if "fail-once" in prompt and key not in self.failed:
             self.failed.add(key)
             raise ProviderError("the model refused this prompt (fail-once)", retryable=False)
