@@ -2,7 +2,7 @@
 :mod:`adapters.net`, the remote ``execute`` target (:class:`EngineClient`) for the HTTP API, and
 a hosted video API (:class:`HttpVideoProvider`)."""
 
-from adapters.http.client import EngineClient, TransportError
+from adapters.http.client import EngineClient, TransportError, Unauthorized
 from adapters.http.notifier import DeliveryAttempt, DeliveryResult, HttpNotifier
 from adapters.http.provider import HttpVideoProvider, ModelRoute
 from adapters.net import WebhookRefused
@@ -15,5 +15,6 @@ __all__ = [
     "HttpVideoProvider",
     "ModelRoute",
     "TransportError",
+    "Unauthorized",
     "WebhookRefused",
 ]

@@ -7,7 +7,7 @@ connection, and a handle polls only while ``wait()`` or ``refresh()`` runs.
 
 The server's answers become the engine's errors, here at the boundary: 422 with ``errors`` is
 :class:`~engine.PlanError` (the server's problems), 404 :class:`~engine.UnknownExecution`, 401
-:class:`~engine.EngineError`, 409 :class:`~engine.IdempotencyConflict` or
+:class:`Unauthorized`, 409 :class:`~engine.IdempotencyConflict` or
 :class:`~engine.InvalidState`; 429 (and 409 while an idempotent request is being created) is
 retried after ``Retry-After``, a bounded number of times; 5xx and transport failures are
 :class:`TransportError`.
@@ -41,7 +41,7 @@ from engine.handle import PipelineExecution
 from engine.models import TERMINAL, Progress, StatusReport, Webhook
 from engine.plan import ExecutionPlan
 
-__all__ = ["EngineClient", "TransportError"]
+__all__ = ["EngineClient", "TransportError", "Unauthorized"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ _PROBLEM = "urn:videoflow:problem:"
 
 class TransportError(EngineError):
     """The server could not be reached, timed out, or failed (5xx): worth trying again later."""
+
+
+class Unauthorized(EngineError):
+    """The server refused the API key (401): missing, unknown or revoked."""
 
 
 class EngineClient:
@@ -354,7 +358,7 @@ def _error(
     if status == 404 and kind == "not-found":
         return UnknownExecution(str(missing) if missing is not None else path)
     if status == 401:
-        return EngineError(f"unauthorized: the server refused the API key ({detail})")
+        return Unauthorized(f"unauthorized: the server refused the API key ({detail})")
     if status == 409 and kind == "invalid-state":
         return InvalidState(str(detail))
     if status == 409 and kind == "idempotency-in-progress":
