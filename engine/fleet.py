@@ -31,7 +31,7 @@ import anyio
 import anyio.abc
 
 from engine.clock import Clock
-from engine.delivery import Delivery
+from engine.delivery import Delivery, notification_for
 from engine.errors import ConfigError, ProviderError, StorageError
 from engine.listeners import Listeners
 from engine.models import (
@@ -363,6 +363,10 @@ class BoardDispatch:
             if self.listeners.has(ending.execution_id):
                 await self._tell_ended(ending.execution_id)
             self._on_ended(ended_of_ending(ending))
+            if ending.webhook is None:
+                # No outbox event (it has no webhook): the notifier is told now, by the engine
+                # that wrote the ending, as on a local store; not durable there either.
+                self.delivery.send(notification_for(ended_of_ending(ending)))
         if any(e.webhook is not None for e in ended):
             await self._take_outbox()
 
