@@ -442,7 +442,8 @@ class Engine:
     async def watch(
         self, execution_id: str, *, tenant: str | None = None
     ) -> AsyncIterator[Progress]:
-        """Progress of one execution as it happens, ending with its terminal progress."""
+        """Progress of one execution as it happens, ending with its terminal progress; each
+        change once (a progress equal to the one before is not repeated)."""
         send, receive = anyio.create_memory_object_stream[Progress | None](math.inf)
         listener = StreamListener(send)
         with send, receive:
@@ -452,11 +453,14 @@ class Engine:
                     yield snapshot.progress()
                     return
                 live = self.dispatch.live_progress(execution_id)
-                yield live if live is not None else snapshot.progress()
+                last = live if live is not None else snapshot.progress()
+                yield last
                 async for progress in receive:
                     if progress is None:
                         return
-                    yield progress
+                    if progress != last:  # several jobs starting at once change nothing shown
+                        last = progress
+                        yield progress
             finally:
                 self.unsubscribe(execution_id, listener)
 

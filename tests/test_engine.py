@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import anyio
@@ -340,6 +341,23 @@ async def test_watch_yields_progress_until_terminal() -> None:
         seen = [p async for p in engine.watch(execution.id)]
     assert seen[-1].status == "completed" and seen[-1].completed_jobs == 4
     assert [p.completed_jobs for p in seen] == sorted(p.completed_jobs for p in seen)
+
+
+async def test_each_change_of_progress_reaches_callbacks_and_watch_once() -> None:
+    # Three scenes start at once: three starts, one change (0/4, running job1) to tell.
+    provider = FakeVideoProvider(latency=0.02)
+    seen: list[Progress] = []
+    pipeline = compose(product_demo)
+    pipeline.on_progress(seen.append)
+    async with make_engine(provider, concurrency=8) as engine:
+        execution = await pipeline.execute(engine)
+        watched = [p async for p in engine.watch(execution.id)]
+        await execution.wait(timeout=5)
+    for told in (seen, watched):
+        assert told[-1].status == "completed" and told[-1].completed_jobs == 4
+        repeats = [a for a, b in pairwise(told) if a == b]
+        assert repeats == []
+    assert [(p.completed_jobs, p.current_job) for p in seen].count((0, "job1")) == 1
 
 
 async def test_idempotent_submit() -> None:

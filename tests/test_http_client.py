@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,24 @@ async def test_example_3_webhook_only_returns_at_once_and_never_polls(tmp_path: 
         await anyio.sleep(0.1)
         assert live.counting.count("/status") == 0
         assert live.counting.paths["POST /api/execute"] == 1
+
+
+async def test_remote_progress_is_told_once_per_change_however_often_it_is_polled(
+    tmp_path: Path,
+) -> None:
+    seen: list[Progress] = []
+    async with live_api(tmp_path / "e.db") as live:
+        live.provider.latency = 0.1
+        async with fast(live.url) as client:
+            pipeline = product_demo()
+            pipeline.on_progress(seen.append)
+            execution = await pipeline.execute(client)  # polls in the background
+            for _ in range(5):  # and refreshes poll the same status again
+                await execution.refresh()
+            await execution.wait(timeout=10)
+    assert seen[-1].status == "completed" and seen[-1].completed_jobs == 4
+    assert [a for a, b in pairwise(seen) if a == b] == []
+    assert live.counting.count("/status") > len(seen)
 
 
 async def test_api_url_and_api_key_build_a_client(tmp_path: Path) -> None:

@@ -235,11 +235,9 @@ class EngineClient:
             report.progress,
             report.status,
         )
+        handle.progress(progress)  # told only if it changed since the last one told
         if report.status in TERMINAL:
-            handle.progress(progress)
             handle.finish(report.status, report.result, report.error)
-        elif progress != handle.last_progress:
-            handle.progress(progress)
         await self.settle()
         return report
 
