@@ -69,8 +69,13 @@ class Engine:
     Options: ``concurrency`` (workers, default 4), ``retry`` (a :class:`RetryPolicy`),
     ``clock`` (a :class:`~engine.clock.Clock`; tests pass a ``ManualClock``), ``seed`` (for
     the retry jitter), ``shutdown_grace`` (seconds that leaving ``async with`` waits for
-    notifications still being delivered; default 5), ``delivery_concurrency`` (webhook
-    deliveries at once; default 32), ``lease`` and ``sweep_interval``.
+    webhooks still being delivered; default 5), ``delivery_concurrency`` (webhook deliveries at
+    once; default 32), ``lease`` and ``sweep_interval``.
+
+    Leaving ``async with`` on a durable store (SQLite, PostgreSQL) does not wait for a webhook
+    whose receiver failed and whose retry is due later: its event stays ``pending`` in the outbox
+    and is sent again when an engine on the store starts (its attempts numbered on). In memory
+    there is no outbox to come back to, so leaving waits up to ``shutdown_grace`` for it.
 
     Several engines may share one durable store (several processes on one SQLite file). Each
     unfinished execution is held by one engine under a lease of ``lease`` seconds (default 30),

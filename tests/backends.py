@@ -74,6 +74,10 @@ class WatchedStorage:
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
 
+    @property
+    def durable(self) -> bool:
+        return self.inner.durable
+
     def enter(self) -> None:
         """A call starts."""
 

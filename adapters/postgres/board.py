@@ -176,6 +176,9 @@ class PostgresBoard:
     migrates the schema and opens a pool of ``pool_min``..``pool_max`` connections.
     """
 
+    #: What is written outlives the process (see :attr:`engine.ports.Store.durable`).
+    durable = True
+
     dsn: str
     schema: str = field(default="videoflow", kw_only=True)
     pool_min: int = field(default=1, kw_only=True)
