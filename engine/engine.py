@@ -375,7 +375,7 @@ class Engine:
         if base_execution_id is not None:
             base = await self.storage.get(base_execution_id)
             if base is None or base.tenant != tenant:
-                raise UnknownExecution(base_execution_id)
+                raise UnknownExecution(base_execution_id, field="base_execution_id")
         now = self.clock.now()
         execution = Execution(
             id=new_execution_id(),

@@ -139,8 +139,10 @@ async def test_status_report_is_the_seed_body() -> None:
 
 async def test_unknown_base_is_rejected_at_submit() -> None:
     async with make_engine(FakeVideoProvider()) as engine:
-        with pytest.raises(UnknownExecution):
+        with pytest.raises(UnknownExecution) as caught:
             await compose(lip_sync(audio_url=FR)).execute(engine, base_execution_id="exec_nope")
+    assert caught.value.field == "base_execution_id"
+    assert str(caught.value) == "unknown execution 'exec_nope' (given as base_execution_id)"
 
 
 async def test_root_transform_without_base_is_a_plan_error() -> None:

@@ -247,11 +247,13 @@ async def test_http_errors_become_engine_errors(tmp_path: Path) -> None:
             assert unknown.value.execution_id == missing
         with pytest.raises(UnknownExecution):
             await client.status("../../healthz")
-        with pytest.raises(UnknownExecution):
+        with pytest.raises(UnknownExecution) as unknown:
             await client.submit(
                 {"jobs": [{"id": "a", "type": "lipSync", "params": {"audioUrl": FR}}]},
                 base_execution_id=missing,
             )
+        assert unknown.value.field == "base_execution_id"
+        assert str(unknown.value) == f"unknown execution {missing!r} (given as base_execution_id)"
         plan = {"jobs": [{"id": "a", "type": "generate", "params": {"prompt": "x"}}]}
         first = await client.submit(plan, idempotency_key="k")
         assert await client.submit(plan, idempotency_key="k") == first

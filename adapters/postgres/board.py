@@ -325,7 +325,7 @@ class PostgresBoard:
             cur = await conn.execute(q["LOCK_BASE"], (base_id,))
             row = await cur.fetchone()
             if row is None or row[1] != execution.tenant:
-                raise UnknownExecution(base_id)
+                raise UnknownExecution(base_id, field="base_execution_id")
             base_status, _, base_final = row
         failed = base_status in ("failed", "cancelled")
         error = (
