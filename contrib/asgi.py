@@ -469,14 +469,28 @@ def _plan_and_webhook(obj: Any) -> tuple[Mapping[str, Any], Webhook | None]:
     """Split the webhook off the request body and check it; the engine checks the plan.
 
     When the webhook is wrong, the plan is checked here too, so that one answer lists every
-    problem.
+    problem. The seed SDK's options given as body fields (``webhookUrl``, ``webhookSecret``) are
+    refused with a hint to the ``webhook`` object: the body has one way to say it.
     """
     if not isinstance(obj, dict):
         raise _plan_problem([Problem(None, "plan", "the request body must be a JSON object")])
+    seed_fields = [key for key in obj if key in _SEED_WEBHOOK_FIELDS]
+    problems = [
+        Problem(
+            None,
+            key,
+            'unknown field; give the webhook as "webhook": {"url": ..., "secret": ...} '
+            f"({_SEED_WEBHOOK_FIELDS[key]} is an option of the SDK's execute(), not a field)",
+        )
+        for key in seed_fields
+    ]
+    for key in seed_fields:  # told here, not again as unknown plan fields
+        del obj[key]
     raw = obj.pop("webhook", _MISSING)
-    if raw is _MISSING:
-        return obj, None
-    webhook, problems = webhook_problems(raw)
+    webhook = None
+    if raw is not _MISSING:
+        webhook, more = webhook_problems(raw)
+        problems.extend(more)
     if problems:
         from engine.plan import ExecutionPlan
 
@@ -486,6 +500,15 @@ def _plan_and_webhook(obj: Any) -> tuple[Mapping[str, Any], Webhook | None]:
             problems.extend(exc.problems)
         raise _plan_problem(problems)
     return obj, webhook
+
+
+#: Body fields a seed-style client may send for the webhook, and the SDK option each one is.
+_SEED_WEBHOOK_FIELDS = {
+    "webhookUrl": "webhook_url",
+    "webhookSecret": "webhook_secret",
+    "webhook_url": "webhook_url",
+    "webhook_secret": "webhook_secret",
+}
 
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_RATE_LIMIT", "App", "create_app"]

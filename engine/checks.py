@@ -308,6 +308,11 @@ def _unknown_key(
     return Problem(job_id, field, f"unknown {noun} {_show(key)}{_suggest(key, allowed)}")
 
 
+def suggestion(name: Any, choices: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to ``name`` (or its camelCase), or ``""``."""
+    return _suggest(name, choices)
+
+
 def _suggest(name: Any, choices: list[str] | tuple[str, ...]) -> str:
     if not isinstance(name, str):
         return ""

@@ -8,6 +8,11 @@ than that. Each attempt the notifier makes is appended to the store's delivery l
 notifier is done the event is marked ``delivered``, ``failed`` (gave up) or ``notified`` (taken
 by a notifier that makes no HTTP attempts). A delivery cut short (the engine stopped while a
 retry was due) stays ``pending``, to be sent again by whichever engine takes the outbox next.
+
+Stopping (:meth:`Delivery.drain`) waits for the deliveries under way, up to a grace period. On a
+durable store (``storage.durable``) a delivery waiting for a retry is not waited for: its event is
+in the outbox and is sent again after a restart, its attempts numbered on from the log; in memory
+nothing would send it again, so the grace period is all it gets.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class Delivery:
         self.latency: deque[float] = deque(maxlen=10_000)
         self._completed_at: dict[str, float] = {}
         self._sending: set[str] = set()  # event ids being delivered now
+        self._backing_off: set[str] = set()  # event ids whose last attempt asked for a retry
+        self._cut_short: set[str] = set()  # executions whose delivery the engine's stop cut short
         self._undelivered = 0
         self._delivered = anyio.Event()
         self._send_stream: MemoryObjectSendStream[Notification] | None = None
@@ -124,10 +131,21 @@ class Delivery:
             receive.close()
 
     async def drain(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the notifications being delivered."""
+        """Wait up to ``grace`` seconds for the notifications being delivered; on a durable
+        store, not for those waiting for a retry (the outbox keeps them)."""
+        leave_retries = self.storage.durable
         with anyio.move_on_after(grace, shield=True):
-            while self._undelivered:
+            while self._undelivered - (len(self._backing_off) if leave_retries else 0) > 0:
                 await self._delivered.wait()
+
+    def cut_short(self) -> list[str]:
+        """The executions whose webhook delivery was cut short by the stop: their events are
+        pending in the outbox, for the store's next engine (which need not wait for a lease)."""
+        return sorted(self._cut_short)
+
+    def _wake(self) -> None:
+        self._delivered.set()
+        self._delivered = anyio.Event()
 
     async def _deliver_from(self, receive: MemoryObjectReceiveStream[Notification]) -> None:
         with receive:
@@ -141,12 +159,17 @@ class Delivery:
             return
         durable = notification.webhook is not None
         last: list[DeliveryAttempt] = []
+        settled = not durable
         self._sending.add(notification.event_id)
 
         async def record(attempt: DeliveryAttempt) -> None:
             await self.storage.apply([DeliveryRecorded(attempt)], owner=self.owner)
             last[:] = [attempt]
-            if attempt.outcome != "retry":
+            if attempt.outcome == "retry":
+                self._backing_off.add(notification.event_id)
+                self._wake()  # a drain need not wait for this one (on a durable store)
+            else:
+                self._backing_off.discard(notification.event_id)
                 self._sending.discard(notification.event_id)  # a redeliver may start now
             if attempt.outcome == "delivered":
                 ended_at = self._completed_at.pop(attempt.execution_id, None)
@@ -161,13 +184,17 @@ class Delivery:
                     status = "delivered" if last[0].outcome == "delivered" else "failed"
                 done = OutboxDone(notification.event_id, notification.execution_id, status)
                 await self.storage.apply([done], owner=self.owner)
+            settled = True
         except LeaseLost:
+            settled = True
             log.warning("another engine took over delivering %s", notification.event_id)
         except Exception:
             log.exception("notifier failed for execution %s", notification.execution_id)
         finally:
+            if not settled:
+                self._cut_short.add(notification.execution_id)
             self._completed_at.pop(notification.execution_id, None)
             self._sending.discard(notification.event_id)
+            self._backing_off.discard(notification.event_id)
             self._undelivered -= 1
-            self._delivered.set()
-            self._delivered = anyio.Event()
+            self._wake()

@@ -1,5 +1,10 @@
 """The pipeline DSL: operations, :func:`compose` and :class:`Pipeline`.
 
+Each operation function checks its arguments when it is called, as the HTTP API checks a request:
+an argument it does not take is an :class:`~engine.errors.ArgumentError` (also a ``TypeError``)
+with a "did you mean"; a value out of :mod:`engine.catalogue`'s range is an
+:class:`~engine.errors.OperationError` (a ``PlanError``) naming the parameter.
+
 A pipeline is a sequence of steps. A source (:func:`generate_video`) adds a clip; :func:`merge`
 joins every clip not yet joined; a transform (:func:`lip_sync`, :func:`add_subtitles`,
 :func:`reframe`) applies to the single current clip; a nested pipeline contributes its final clip.
@@ -8,13 +13,17 @@ joins every clip not yet joined; a transform (:func:`lip_sync`, :func:`add_subti
 
 from __future__ import annotations
 
+import functools
+import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec
 
 from attrs import define, field, frozen
 
 from engine.catalogue import OPERATIONS, TRANSFORMS
-from engine.errors import PlanError, Problem
+from engine.checks import suggestion
+from engine.errors import ArgumentError, OperationError, PlanError, Problem
 from engine.execute import execute_pipeline
 from engine.handle import PipelineExecution
 from engine.models import Progress
@@ -25,6 +34,8 @@ Transition = Literal["none", "crossfade", "fade"]
 ProgressCallback = Callable[[Progress], object]
 
 _NAMES = {kind: spec.function for kind, spec in OPERATIONS.items()}
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+_P = ParamSpec("_P")
 
 
 @frozen
@@ -35,6 +46,86 @@ class Operation:
     params: Mapping[str, Any]
 
 
+def _operation(wire_type: str) -> Callable[[Callable[_P, Operation]], Callable[_P, Operation]]:
+    """Make an operation function check its call: its arguments against its signature, then
+    the operation's params against the catalogue's entry for ``wire_type``."""
+    spec = OPERATIONS[wire_type]
+
+    def decorate(function: Callable[_P, Operation]) -> Callable[_P, Operation]:
+        signature = inspect.signature(function)
+        name = function.__name__
+
+        @functools.wraps(function)
+        def build(*args: _P.args, **kwargs: _P.kwargs) -> Operation:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                problems = _argument_problems(signature, spec.params, args, kwargs, exc)
+                raise ArgumentError(name, problems) from None
+            operation = function(*args, **kwargs)
+            problems = [
+                Problem(None, _python_name(field), message)
+                for field, message in spec.check_params(operation.params)
+            ]
+            if problems:
+                raise OperationError(name, problems)
+            return operation
+
+        return build
+
+    return decorate
+
+
+def _argument_problems(
+    signature: inspect.Signature,
+    specs: Sequence[Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    error: TypeError,
+) -> list[Problem]:
+    """What is wrong with a call that does not fit ``signature`` (``error`` says it otherwise)."""
+    parameters = signature.parameters
+    names = tuple(parameters)
+    problems = []
+    suggested: set[str] = set()  # a misspelt parameter is not reported missing too
+    for key in kwargs:
+        if key not in parameters:
+            hint = suggestion(key, names)
+            suggested.update(name for name in names if f"{name!r}?" in hint)
+            message = f"is not a parameter{hint}; it takes {', '.join(names)}"
+            problems.append(Problem(None, key, message))
+    positional = [
+        p.name for p in parameters.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
+    if len(args) > len(positional):
+        listed = ", ".join(positional)
+        problems.append(
+            Problem(
+                None,
+                "arguments",
+                f"are at most {len(positional)} by position ({listed}), got {len(args)}; "
+                "give the others by name",
+            )
+        )
+    given = set(positional[: len(args)])
+    for key in kwargs:
+        if key in given:
+            problems.append(Problem(None, key, "was given twice, by position and by name"))
+    hints = {_python_name(s.name): s.hint for s in specs}
+    named = given | set(kwargs) | suggested
+    for parameter in parameters.values():
+        if parameter.default is inspect.Parameter.empty and parameter.name not in named:
+            hint = hints.get(parameter.name, "")
+            problems.append(Problem(None, parameter.name, f"is required {hint}".rstrip()))
+    return problems or [Problem(None, "arguments", str(error))]
+
+
+def _python_name(field: str) -> str:
+    """A wire field as the DSL spells it: ``aspectRatio`` -> ``aspect_ratio``."""
+    return _CAMEL.sub(lambda m: "_" + m[1].lower(), field)
+
+
+@_operation("generate")
 def generate_video(prompt: str, duration: float = 5, aspect_ratio: str = "16:9") -> Operation:
     """A source: a new clip of ``duration`` seconds generated from ``prompt``."""
     return Operation(
@@ -42,16 +133,19 @@ def generate_video(prompt: str, duration: float = 5, aspect_ratio: str = "16:9")
     )
 
 
+@_operation("merge")
 def merge(transition: Transition = "none", transition_duration: float = 1.0) -> Operation:
     """Join every clip not yet joined, in order, into one."""
     return Operation("merge", {"transition": transition, "transitionDuration": transition_duration})
 
 
+@_operation("lipSync")
 def lip_sync(audio_url: str) -> Operation:
     """Lip-sync the current clip to the audio at ``audio_url`` (http(s):// or file://)."""
     return Operation("lipSync", {"audioUrl": audio_url})
 
 
+@_operation("addSubtitles")
 def add_subtitles(
     language: str,
     *,
@@ -70,6 +164,7 @@ def add_subtitles(
     return Operation("addSubtitles", params)
 
 
+@_operation("reframe")
 def reframe(aspect_ratio: str) -> Operation:
     """Reframe the current clip to ``aspect_ratio`` (``"W:H"``)."""
     return Operation("reframe", {"aspectRatio": aspect_ratio})

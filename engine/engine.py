@@ -69,8 +69,13 @@ class Engine:
     Options: ``concurrency`` (workers, default 4), ``retry`` (a :class:`RetryPolicy`),
     ``clock`` (a :class:`~engine.clock.Clock`; tests pass a ``ManualClock``), ``seed`` (for
     the retry jitter), ``shutdown_grace`` (seconds that leaving ``async with`` waits for
-    notifications still being delivered; default 5), ``delivery_concurrency`` (webhook
-    deliveries at once; default 32), ``lease`` and ``sweep_interval``.
+    webhooks still being delivered; default 5), ``delivery_concurrency`` (webhook deliveries at
+    once; default 32), ``lease`` and ``sweep_interval``.
+
+    Leaving ``async with`` on a durable store (SQLite, PostgreSQL) does not wait for a webhook
+    whose receiver failed and whose retry is due later: its event stays ``pending`` in the outbox
+    and is sent again when an engine on the store starts (its attempts numbered on). In memory
+    there is no outbox to come back to, so leaving waits up to ``shutdown_grace`` for it.
 
     Several engines may share one durable store (several processes on one SQLite file). Each
     unfinished execution is held by one engine under a lease of ``lease`` seconds (default 30),
@@ -370,7 +375,7 @@ class Engine:
         if base_execution_id is not None:
             base = await self.storage.get(base_execution_id)
             if base is None or base.tenant != tenant:
-                raise UnknownExecution(base_execution_id)
+                raise UnknownExecution(base_execution_id, field="base_execution_id")
         now = self.clock.now()
         execution = Execution(
             id=new_execution_id(),
@@ -442,7 +447,8 @@ class Engine:
     async def watch(
         self, execution_id: str, *, tenant: str | None = None
     ) -> AsyncIterator[Progress]:
-        """Progress of one execution as it happens, ending with its terminal progress."""
+        """Progress of one execution as it happens, ending with its terminal progress; each
+        change once (a progress equal to the one before is not repeated)."""
         send, receive = anyio.create_memory_object_stream[Progress | None](math.inf)
         listener = StreamListener(send)
         with send, receive:
@@ -452,11 +458,14 @@ class Engine:
                     yield snapshot.progress()
                     return
                 live = self.dispatch.live_progress(execution_id)
-                yield live if live is not None else snapshot.progress()
+                last = live if live is not None else snapshot.progress()
+                yield last
                 async for progress in receive:
                     if progress is None:
                         return
-                    yield progress
+                    if progress != last:  # several jobs starting at once change nothing shown
+                        last = progress
+                        yield progress
             finally:
                 self.unsubscribe(execution_id, listener)
 

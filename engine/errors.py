@@ -4,6 +4,8 @@ The tree::
 
     EngineError
     ├── PlanError              a plan or request is invalid; ``.problems`` names each (job, field)
+    │   └── OperationError     a DSL function (``merge(...)``) was given a bad value or argument
+    │       └── ArgumentError  ... an argument it does not take, or none it needs (a TypeError)
     ├── UnknownExecution       no such execution (or not visible to this tenant)
     ├── ExecutionFailed        ``wait()`` on an execution that ended failed or cancelled
     ├── InvalidSignature       a webhook body or its signature headers do not verify
@@ -40,8 +42,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"job {self.job_id!r}" if self.job_id is not None else "plan"
-        return f"{where}, {self.field}: {self.message}"
+        if self.job_id is not None:
+            return f"job {self.job_id!r}, {self.field}: {self.message}"
+        if self.field == "plan":  # about the plan as a whole: the message says it all
+            return self.message
+        return f"plan, {self.field}: {self.message}"
 
     def to_json(self) -> dict[str, Any]:
         """``{"jobId", "field", "message"}``, as problem bodies list it."""
@@ -60,10 +65,32 @@ class PlanError(EngineError):
         super().__init__(f"invalid plan ({len(self.problems)} {noun}): {lines}")
 
 
+class OperationError(PlanError):
+    """A DSL function was called with a value its operation does not take, such as
+    ``merge(transition="wipe-ish")``: raised when the operation is made, not when it is run.
+    ``function`` is the DSL function; each problem's ``field`` is its Python parameter."""
+
+    def __init__(self, function: str, problems: Iterable[Problem]) -> None:
+        super().__init__(problems)
+        self.function = function
+        lines = "; ".join(f"{p.field}: {p.message}" for p in self.problems)
+        self.args = (f"{function}(): {lines}",)
+
+
+class ArgumentError(OperationError, TypeError):
+    """A DSL function was called with an argument it does not take (``generate_video(promt=...)``,
+    with a "did you mean") or without one it needs. A ``TypeError`` too, as Python's own is."""
+
+
 class UnknownExecution(EngineError):
-    def __init__(self, execution_id: str) -> None:
+    """No such execution (or not this tenant's). ``field`` names the argument that gave the id
+    when it is not the execution asked about itself (``base_execution_id``)."""
+
+    def __init__(self, execution_id: str, *, field: str | None = None) -> None:
         self.execution_id = execution_id
-        super().__init__(f"unknown execution {execution_id!r}")
+        self.field = field
+        given = f" (given as {field})" if field is not None else ""
+        super().__init__(f"unknown execution {execution_id!r}{given}")
 
 
 class ExecutionFailed(EngineError):

@@ -178,7 +178,9 @@ class PipelineExecution:
     # --- fed by the backend -----------------------------------------------------------------------
 
     def progress(self, progress: Progress) -> None:
-        if self._done.is_set():
+        """Tell the progress callbacks of a change: a progress equal to the last one told is
+        not told again (several jobs starting at once, a status poll that saw no change)."""
+        if self._done.is_set() or progress == self.last_progress:
             return
         self._status = progress.status
         self.last_progress = progress

@@ -113,9 +113,13 @@ class Ownership:
         log.warning("%s lost its lease on %s", self.owner, ", ".join(sorted(execution_ids)))
         self._abort(self.scheduler.drop(execution_ids))
 
-    async def release(self) -> None:
-        """Give up every lease at once, so another engine can take the work without waiting."""
+    async def release(self, ended: Collection[str] = ()) -> None:
+        """Give up every lease at once, so another engine can take the work without waiting:
+        the unfinished executions' and those of ``ended`` ones (whose webhook events this engine
+        leaves pending)."""
         await self.storage.release(self.owner)
+        if ended:
+            await self.storage.release(self.owner, ended)
 
 
 def new_owner_name() -> str:

@@ -84,7 +84,7 @@ class LocalDispatch:
         return 0
 
     async def stop(self) -> None:
-        await self.ownership.release()
+        await self.ownership.release(self.delivery.cut_short())
 
     async def _sweeper(self) -> None:
         while True:

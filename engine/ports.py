@@ -65,6 +65,13 @@ class Store(Protocol):
     attempts), so that an ending and its webhook event are written in one transaction.
     """
 
+    @property
+    def durable(self) -> bool:
+        """Whether what is written outlives the process (SQLite, PostgreSQL: ``True``; memory:
+        ``False``). An engine on a durable store leaves a webhook waiting for its retry to the
+        outbox when it stops; on one that is not, it waits up to ``shutdown_grace`` for it."""
+        ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

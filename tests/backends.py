@@ -98,6 +98,10 @@ class WatchedStorage:
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
 
+    @property
+    def durable(self) -> bool:
+        return self.inner.durable
+
     def enter(self) -> None:
         """A call starts."""
 
@@ -411,6 +415,10 @@ class WatchedBoard:
         self.inner = inner
         #: Awaited (when set) at the start of every call: the engine hangs on the database.
         self.hold: anyio.Event | None = None
+
+    @property
+    def durable(self) -> bool:
+        return self.inner.durable
 
     def enter(self) -> None:
         """A call starts."""

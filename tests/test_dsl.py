@@ -15,7 +15,7 @@ from engine.dsl import (
     merge,
     reframe,
 )
-from engine.errors import PlanError
+from engine.errors import ArgumentError, OperationError, PlanError, Problem
 from engine.models import Progress
 from engine.plan import ExecutionPlan
 
@@ -275,11 +275,12 @@ def test_empty_pipelines_are_errors() -> None:
 
 
 def test_invalid_params_are_reported_with_their_step() -> None:
+    # Operations made by hand (the functions refuse these values when called: see below).
     pipeline = compose(
-        generate_video("a", duration=0),
-        generate_video("", aspect_ratio="wide"),
+        Operation("generate", {"prompt": "a", "duration": 0, "aspectRatio": "16:9"}),
+        Operation("generate", {"prompt": "", "duration": 5, "aspectRatio": "wide"}),
         merge(),
-        add_subtitles("not a tag"),
+        Operation("addSubtitles", {"language": "not a tag"}),
     )
     with pytest.raises(PlanError) as info:
         pipeline.plan()
@@ -291,6 +292,77 @@ def test_invalid_params_are_reported_with_their_step() -> None:
         ("job4", "params.language"),
     ]
     assert "(generate_video() at step 2)" in info.value.problems[1].message
+
+
+def test_a_misspelt_argument_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ArgumentError) as info:
+        generate_video(promt="A sunrise")  # type: ignore[call-arg]
+    assert isinstance(info.value, TypeError) and isinstance(info.value, PlanError)
+    assert info.value.problems == (
+        Problem(
+            None,
+            "promt",
+            "is not a parameter (did you mean 'prompt'?); it takes prompt, duration, aspect_ratio",
+        ),
+    )
+    assert str(info.value).startswith("generate_video(): promt: is not a parameter")
+    with pytest.raises(ArgumentError, match=r"aspectRatio: .*did you mean 'aspect_ratio'"):
+        reframe(aspectRatio="9:16")  # type: ignore[call-arg]
+
+
+def test_missing_and_surplus_arguments_are_named() -> None:
+    with pytest.raises(ArgumentError, match=r"^add_subtitles\(\): language: is required \(a BCP"):
+        add_subtitles()  # type: ignore[call-arg]
+    with pytest.raises(ArgumentError, match="at most 1 by position"):
+        add_subtitles("fr", [{"start": 0, "end": 1, "text": "x"}])  # type: ignore[call-arg]
+    with pytest.raises(ArgumentError, match="prompt: was given twice"):
+        generate_video("a", prompt="b")  # type: ignore[misc]
+
+
+def test_a_bad_value_fails_when_the_operation_is_made() -> None:
+    with pytest.raises(OperationError) as info:
+        merge(transition="wipe-ish")  # type: ignore[arg-type]
+    assert not isinstance(info.value, TypeError)
+    assert info.value.function == "merge"
+    assert [(p.field, p.message) for p in info.value.problems] == [
+        ("transition", "must be one of none, crossfade, fade; got 'wipe-ish'")
+    ]
+    with pytest.raises(OperationError) as info:
+        generate_video("a", duration=0, aspect_ratio="wide")
+    assert [p.field for p in info.value.problems] == ["duration", "aspect_ratio"]
+    with pytest.raises(OperationError, match="transition_duration: must be a number of seconds"):
+        merge(transition="crossfade", transition_duration=11)
+    with pytest.raises(OperationError, match=r"cues\[1\]\.end: must be more than start"):
+        add_subtitles(
+            "fr", cues=[{"start": 0, "end": 1, "text": "a"}, {"start": 2, "end": 1, "text": "b"}]
+        )
+    with pytest.raises(OperationError, match="srt_url: must be an http"):
+        add_subtitles("fr", srt_url="subs.srt")
+
+
+def test_add_subtitles_checks_the_language_tag_as_the_http_api_does() -> None:
+    for tag in ("fr", "en-US", "zh-Hant", "es-419"):
+        assert add_subtitles(tag).params["language"] == tag
+    for bad in ("not a tag", "fr_FR", "", "e"):
+        with pytest.raises(OperationError) as info:
+            add_subtitles(bad)
+        (problem,) = info.value.problems
+        assert problem.field == "language" and "BCP 47" in problem.message
+        # The same value in a request body is refused with the same message.
+        body = {"jobs": [{"id": "job1", "type": "addSubtitles", "params": {"language": bad}}]}
+        with pytest.raises(PlanError) as http:
+            ExecutionPlan.from_json(body, has_base=True)
+        assert [p.message for p in http.value.problems] == [problem.message]
+
+
+def test_a_problem_with_the_whole_plan_is_not_prefixed_twice() -> None:
+    message = plan_error(compose(generate_video("a"), generate_video("b")))
+    assert message == (
+        "invalid plan (1 problem): the pipeline ends with 2 clips not joined; "
+        "add merge() to join them"
+    )
+    assert str(Problem(None, "jobs", "a plan needs at least one job")).startswith("plan, jobs: ")
+    assert str(Problem("job1", "params.prompt", "x")) == "job 'job1', params.prompt: x"
 
 
 # --- callbacks and execute --------------------------------------------------------------------

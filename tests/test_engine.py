@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import anyio
@@ -138,8 +139,10 @@ async def test_status_report_is_the_seed_body() -> None:
 
 async def test_unknown_base_is_rejected_at_submit() -> None:
     async with make_engine(FakeVideoProvider()) as engine:
-        with pytest.raises(UnknownExecution):
+        with pytest.raises(UnknownExecution) as caught:
             await compose(lip_sync(audio_url=FR)).execute(engine, base_execution_id="exec_nope")
+    assert caught.value.field == "base_execution_id"
+    assert str(caught.value) == "unknown execution 'exec_nope' (given as base_execution_id)"
 
 
 async def test_root_transform_without_base_is_a_plan_error() -> None:
@@ -340,6 +343,23 @@ async def test_watch_yields_progress_until_terminal() -> None:
         seen = [p async for p in engine.watch(execution.id)]
     assert seen[-1].status == "completed" and seen[-1].completed_jobs == 4
     assert [p.completed_jobs for p in seen] == sorted(p.completed_jobs for p in seen)
+
+
+async def test_each_change_of_progress_reaches_callbacks_and_watch_once() -> None:
+    # Three scenes start at once: three starts, one change (0/4, running job1) to tell.
+    provider = FakeVideoProvider(latency=0.02)
+    seen: list[Progress] = []
+    pipeline = compose(product_demo)
+    pipeline.on_progress(seen.append)
+    async with make_engine(provider, concurrency=8) as engine:
+        execution = await pipeline.execute(engine)
+        watched = [p async for p in engine.watch(execution.id)]
+        await execution.wait(timeout=5)
+    for told in (seen, watched):
+        assert told[-1].status == "completed" and told[-1].completed_jobs == 4
+        repeats = [a for a, b in pairwise(told) if a == b]
+        assert repeats == []
+    assert [(p.completed_jobs, p.current_job) for p in seen].count((0, "job1")) == 1
 
 
 async def test_idempotent_submit() -> None:

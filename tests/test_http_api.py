@@ -487,6 +487,29 @@ async def test_plan_errors_name_the_job_and_field(tmp_path: Path) -> None:
         } <= where
 
 
+async def test_seed_style_webhook_fields_get_a_hint_to_the_webhook_object() -> None:
+    body = {**PLAN, "webhookUrl": "https://example.com/hook", "webhookSecret": "s"}
+    async with live_api(None) as live, httpx.AsyncClient(base_url=live.url) as client:
+        response = await client.post("/api/execute", json=body, headers=ALPHA)
+        problem = assert_problem(response, 422, "invalid-plan")
+        assert [(e["jobId"], e["field"]) for e in problem["errors"]] == [
+            (None, "webhookUrl"),
+            (None, "webhookSecret"),
+        ]
+        first = problem["errors"][0]["message"]
+        assert first.startswith('unknown field; give the webhook as "webhook": {"url": ')
+        assert "webhook_url is an option of the SDK's execute()" in first
+        # With other problems, one answer lists them all, each once.
+        bad = {"jobs": [{"id": "a", "type": "generate", "params": {}}], "webhook_url": "x"}
+        response = await client.post("/api/execute", json=bad, headers=ALPHA)
+        problem = assert_problem(response, 422, "invalid-plan")
+        assert [(e["jobId"], e["field"]) for e in problem["errors"]] == [
+            (None, "webhook_url"),
+            ("a", "params.prompt"),
+        ]
+        assert live.notifier.deliveries == []
+
+
 async def test_accepted_oddities(tmp_path: Path) -> None:
     """Valid JSON with odd but legal content is accepted, not a 5xx."""
     async with live_api(tmp_path / "e.db") as live, httpx.AsyncClient(base_url=live.url) as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,24 @@ async def test_example_3_webhook_only_returns_at_once_and_never_polls(tmp_path: 
         assert live.counting.paths["POST /api/execute"] == 1
 
 
+async def test_remote_progress_is_told_once_per_change_however_often_it_is_polled(
+    tmp_path: Path,
+) -> None:
+    seen: list[Progress] = []
+    async with live_api(tmp_path / "e.db") as live:
+        live.provider.latency = 0.1
+        async with fast(live.url) as client:
+            pipeline = product_demo()
+            pipeline.on_progress(seen.append)
+            execution = await pipeline.execute(client)  # polls in the background
+            for _ in range(5):  # and refreshes poll the same status again
+                await execution.refresh()
+            await execution.wait(timeout=10)
+    assert seen[-1].status == "completed" and seen[-1].completed_jobs == 4
+    assert [a for a, b in pairwise(seen) if a == b] == []
+    assert live.counting.count("/status") > len(seen)
+
+
 async def test_api_url_and_api_key_build_a_client(tmp_path: Path) -> None:
     async with live_api(tmp_path / "e.db") as live:
         live.provider.latency = 0.01
@@ -228,11 +247,13 @@ async def test_http_errors_become_engine_errors(tmp_path: Path) -> None:
             assert unknown.value.execution_id == missing
         with pytest.raises(UnknownExecution):
             await client.status("../../healthz")
-        with pytest.raises(UnknownExecution):
+        with pytest.raises(UnknownExecution) as unknown:
             await client.submit(
                 {"jobs": [{"id": "a", "type": "lipSync", "params": {"audioUrl": FR}}]},
                 base_execution_id=missing,
             )
+        assert unknown.value.field == "base_execution_id"
+        assert str(unknown.value) == f"unknown execution {missing!r} (given as base_execution_id)"
         plan = {"jobs": [{"id": "a", "type": "generate", "params": {"prompt": "x"}}]}
         first = await client.submit(plan, idempotency_key="k")
         assert await client.submit(plan, idempotency_key="k") == first

@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 from adapters.http import HttpNotifier
 from adapters.memory import FakeVideoProvider
 from adapters.sqlite import SqliteStorage
-from engine import Engine, verify_webhook
+from engine import Engine, ManualClock, compose, generate_video, verify_webhook
 
 CHILD = Path(__file__).with_name("engine_child.py")
 SECRET = "whsec_c2VjcmV0LWZvci10ZXN0cw=="
@@ -107,3 +107,81 @@ async def test_event_of_a_killed_process_is_delivered_by_the_next_engine(tmp_pat
     assert [entry.attempt for entry in log_entries] == list(range(1, len(log_entries) + 1))
     assert {entry.event_id for entry in log_entries} == {headers["webhook-id"]}
     assert counts == {"delivered": 1}
+
+
+def closed_port_notifier(clock: ManualClock, attempted: anyio.Event) -> HttpNotifier:
+    """A notifier to loopback whose second attempt is due an hour after the first, on ``clock``
+    (a ManualClock nobody advances: the retry never comes by itself)."""
+    return HttpNotifier(
+        allowed_networks=("127.0.0.0/8",),
+        retry_schedule=(0, 3600),
+        clock=clock,
+        on_attempt=lambda attempt: attempted.set(),
+        timeout=5,
+    )
+
+
+@pytest.mark.anyio
+async def test_leaving_a_durable_engine_leaves_a_webhook_in_backoff_to_the_outbox(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "hooks.db"
+    url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    attempted = anyio.Event()
+    notifier = closed_port_notifier(ManualClock(), attempted)
+    # A grace of an hour: leaving would hang if it waited for the retry (fail_after stops it).
+    with anyio.fail_after(30):
+        async with Engine.sqlite(
+            str(db),
+            provider=FakeVideoProvider(),
+            notifier=notifier,
+            shutdown_grace=3600,
+            lease=3600,
+        ) as engine:
+            execution = await compose(generate_video(prompt="x")).execute(
+                engine, webhook_url=url, webhook_secret=SECRET
+            )
+            await execution.wait(timeout=10)
+            await attempted.wait()
+    assert [(a.attempt, a.outcome) for a in notifier.attempts] == [(1, "retry")]
+    async with SqliteStorage(db) as store:
+        assert await store.outbox_counts() == {"pending": 1}
+        assert [(d.attempt, d.outcome) for d in await store.deliveries(execution.id)] == [
+            (1, "retry")
+        ]
+    # The next engine on the file sends it, numbering on.
+    receiver = Receiver(int(url.split(":")[2].split("/")[0]))
+    try:
+        again = HttpNotifier(allowed_networks=("127.0.0.0/8",))
+        async with Engine.sqlite(str(db), provider=FakeVideoProvider(), notifier=again):
+            # At once: the first engine gave up its hold on the execution when it stopped.
+            assert await anyio.to_thread.run_sync(receiver.arrived.wait, 25)
+    finally:
+        receiver.close()
+    async with SqliteStorage(db) as store:
+        assert await store.outbox_counts() == {"delivered": 1}
+        assert [(d.attempt, d.outcome) for d in await store.deliveries(execution.id)] == [
+            (1, "retry"),
+            (2, "delivered"),
+        ]
+
+
+@pytest.mark.anyio
+async def test_leaving_an_in_memory_engine_waits_for_a_retry_up_to_shutdown_grace() -> None:
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    attempted = anyio.Event()
+    clock = ManualClock()
+    notifier = closed_port_notifier(clock, attempted)
+    with anyio.fail_after(30):
+        async with Engine.in_memory(
+            provider=FakeVideoProvider(), notifier=notifier, shutdown_grace=0.2
+        ) as engine:
+            execution = await compose(generate_video(prompt="x")).execute(
+                engine, webhook_url=url, webhook_secret=SECRET
+            )
+            await execution.wait(timeout=10)
+            await attempted.wait()
+            metrics = await engine.metrics()
+            assert metrics.deliveries == {"pending": 1}
+    # Nothing would send it after the process: leaving waited the grace, then gave up on it.
+    assert [(a.attempt, a.outcome) for a in notifier.attempts] == [(1, "retry")]

@@ -160,13 +160,16 @@ class EngineClient:
         if idempotency_key is not None:
             headers["idempotency-key"] = idempotency_key
         content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-        answer = await self._request(
-            "POST",
-            "/api/execute",
-            content=content,
-            headers=headers,
-            missing=body.get("baseExecutionId"),
-        )
+        try:
+            answer = await self._request(
+                "POST",
+                "/api/execute",
+                content=content,
+                headers=headers,
+                missing=body.get("baseExecutionId"),
+            )
+        except UnknownExecution as exc:  # the only execution a submit names is its base
+            raise UnknownExecution(exc.execution_id, field="base_execution_id") from None
         execution_id = answer.get("executionId") if isinstance(answer, dict) else None
         if not isinstance(execution_id, str):
             raise EngineError("the server's answer to POST /api/execute has no executionId")
@@ -239,11 +242,9 @@ class EngineClient:
             report.progress,
             report.status,
         )
+        handle.progress(progress)  # told only if it changed since the last one told
         if report.status in TERMINAL:
-            handle.progress(progress)
             handle.finish(report.status, report.result, report.error)
-        elif progress != handle.last_progress:
-            handle.progress(progress)
         await self.settle()
         return report
 

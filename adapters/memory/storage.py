@@ -69,6 +69,9 @@ class MemoryStorage:
     log is kept per execution.
     """
 
+    #: Nothing outlives the process (see :attr:`engine.ports.Store.durable`).
+    durable = False
+
     keep_journal: bool = True
     journal: list[Change] = field(factory=list, init=False)
     _executions: dict[str, Execution] = field(factory=dict, init=False)

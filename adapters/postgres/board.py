@@ -176,6 +176,9 @@ class PostgresBoard:
     migrates the schema and opens a pool of ``pool_min``..``pool_max`` connections.
     """
 
+    #: What is written outlives the process (see :attr:`engine.ports.Store.durable`).
+    durable = True
+
     dsn: str
     schema: str = field(default="videoflow", kw_only=True)
     pool_min: int = field(default=1, kw_only=True)
@@ -322,7 +325,7 @@ class PostgresBoard:
             cur = await conn.execute(q["LOCK_BASE"], (base_id,))
             row = await cur.fetchone()
             if row is None or row[1] != execution.tenant:
-                raise UnknownExecution(base_id)
+                raise UnknownExecution(base_id, field="base_execution_id")
             base_status, _, base_final = row
         failed = base_status in ("failed", "cancelled")
         error = (

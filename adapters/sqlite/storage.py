@@ -121,6 +121,9 @@ class SqliteStorage:
     An execution's webhook secret is stored (it is needed to sign deliveries) and never logged.
     """
 
+    #: What is written outlives the process (see :attr:`engine.ports.Store.durable`).
+    durable = True
+
     path: Path = field(converter=_to_path)
     synchronous: Synchronous = field(default="FULL", kw_only=True, validator=_check_synchronous)
     busy_timeout: float = field(default=5.0, kw_only=True, validator=_check_busy_timeout)
