@@ -111,7 +111,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, media: Path, files: str) -> It
     db = tmp_path_factory.mktemp("db") / "engine.db"
     command = [sys.executable, "-m", "contrib.cli", "serve", "--db", str(db), "--port", "0"]
     command += ["--provider", "cli_provider:ServedFiles", "--no-access-log"]
-    command += ["--allow-webhook-network", "127.0.0.0/8"]
+    command += ["--allow-webhook-network", "127.0.0.0/8", "--output-dir", str(media)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
@@ -425,11 +425,16 @@ def test_cancel_then_watch_exits_1(api: str) -> None:
     assert json_lines(again.stdout) == [body]
 
 
-def test_get_copies_a_local_file_url(api: str, media: Path, tmp_path: Path) -> None:
+def test_get_downloads_a_file_result_through_its_signed_link(
+    api: str, media: Path, tmp_path: Path
+) -> None:
     execution_id = submit(api, one_job("file: local"))
     assert videoflow("watch", execution_id, api=api).returncode == 0
     [body] = json_lines(videoflow("status", execution_id, "--json", api=api).stdout)
-    assert body["result"]["url"] == (media / f"{execution_id}-a.mp4").resolve().as_uri()
+    url = body["result"]["url"]
+    # The server's file:// result is shown as its own signed link, never as the path.
+    assert url.startswith(f"{api}/results/{execution_id}-a.mp4?execution={execution_id}&")
+    assert "sig=" in url and str(media) not in url
     got = videoflow("get", execution_id, "-o", str(tmp_path / "copy.mp4"), api=api)
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "copy.mp4").read_bytes() == content(f"{execution_id}-a.mp4")
