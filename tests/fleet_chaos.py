@@ -83,6 +83,8 @@ class Fleet:
     procs: list[Proc] = field(factory=list)
     dead: list[Proc] = field(factory=list)
     submitted: list[Submitted] = field(factory=list)
+    #: Each trial's executions and the statuses they ended with, as checked.
+    trials: list[tuple[list[Submitted], dict[str, str]]] = field(factory=list)
     started: int = 0
 
     async def start(self) -> None:
@@ -138,6 +140,7 @@ class Fleet:
         self.submitted.extend(batch)
         ids = [s.id for s in batch]
         statuses = await wait_terminal(self.dsn, self.schema, ids, within=60)
+        self.trials.append((batch, statuses))
         report = self.check(batch, statuses, number, time.monotonic() - began)
         report.killed_pid = victim[0].pid if victim else None
         return report

@@ -23,11 +23,13 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import httpx
+import psycopg
 import pytest
-from fleet_chaos import Fleet
+from fleet_chaos import Fleet, Submitted
 from fleet_provider import create_log
 from fleet_support import (
     ROOT,
+    Call,
     Proc,
     child_env,
     read_board,
@@ -162,6 +164,43 @@ async def test_chaos_kills_workers_and_every_invariant_holds(schema: str, tmp_pa
     )
     assert len(fleet.dead) == trials
     assert cut > 0, "no kill landed mid-call: the chaos tested nothing"
+    _the_checks_see_a_tampered_log(fleet)
+
+
+def _the_checks_see_a_tampered_log(fleet: Fleet) -> None:
+    """The checks are not vacuous: on a log made wrong on purpose, each one reports."""
+
+    def generates(batch: list[Submitted]) -> int:
+        return sum(1 for s in batch for j in s.jobs if j["type"] == "generate")
+
+    def dependents(batch: list[Submitted]) -> list[Call]:
+        ids = [s.id for s in batch if s.expect == "completed"]
+        return [c for c in read_calls(DSN, fleet.schema, ids) if c.job_id != "job1"]
+
+    batch, statuses = max(fleet.trials, key=lambda t: (bool(dependents(t[0])), generates(t[0])))
+    calls = read_calls(DSN, fleet.schema, [s.id for s in batch])
+    (dependent, *_) = dependents(batch)
+    table = f'"{fleet.schema}".calls'
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(  # a second call of one (job, attempt), with another key
+            f"INSERT INTO {table} (pid, execution_id, job_id, type, attempt, idempotency_key, "
+            "started_at, finished_at, outcome) SELECT pid, execution_id, job_id, type, attempt, "
+            f"'another-key', started_at, finished_at, outcome FROM {table} WHERE id = %s",
+            (calls[0].id,),
+        )
+        conn.execute(  # a dependent that started before anything finished
+            f"UPDATE {table} SET started_at = 0 WHERE id = %s", (dependent.id,)
+        )
+        conn.execute(  # every generate of the batch running at once
+            f"UPDATE {table} SET started_at = 1, finished_at = 1e10 "
+            "WHERE type = 'generate' AND execution_id = ANY(%s)",
+            ([s.id for s in batch],),
+        )
+    report = fleet.check(batch, {**statuses, batch[0].id: "processing"}, -1, 0)
+    seen = {v.partition(":")[0] for v in report.violations}
+    assert seen >= {"1", "2", "3", "4"} | ({"5"} if generates(batch) > fleet.cap else set()), (
+        report.violations
+    )
 
 
 # --- bad DSNs, and a server that goes away -------------------------------------------------------
