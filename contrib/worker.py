@@ -5,6 +5,10 @@ ready jobs of the types it serves (``--types generate`` or ``--types merge,lipSy
 all), at most ``--concurrency`` at once, runs them on ``--provider`` and records their outcomes.
 Start as many as you like, on any hosts.
 
+``--lease`` is how long the fleet waits for a silent worker before its running jobs are rescued
+(run again elsewhere, same idempotency key); ``--heartbeat`` how often the worker renews its
+lease and rescues the jobs of workers whose lease expired. Keep the heartbeat well under the lease.
+
 On SIGTERM or SIGINT it stops claiming, lets its running jobs finish for up to ``--grace``
 seconds, then hands back whatever still runs (another worker takes it at once, same idempotency
 key) and exits 0. A second signal hands back at once.
@@ -92,6 +96,8 @@ async def run(
     concurrency: int,
     limits: dict[str, int],
     grace: float,
+    lease: float = 30.0,
+    heartbeat: float = 5.0,
     output_dir: str | None = None,
     input_dirs: Sequence[str] = (),
     allowed_networks: Sequence[str] = (),
@@ -119,6 +125,8 @@ async def run(
         job_types=job_types,
         limits=limits or None,
         concurrency=concurrency,
+        lease=lease,
+        sweep_interval=heartbeat,
     )
     async with engine:
         served = ", ".join(job_types) if job_types else "every type"
@@ -192,11 +200,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--grace", type=float, default=30.0, help="seconds running jobs may take to finish"
     )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long this worker may go silent before its running jobs are rescued by others "
+        "(default 30)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often this worker renews its lease and rescues the jobs of expired workers "
+        "(default 5; keep it well under --lease)",
+    )
     add_provider_options(parser)
     add_result_options(parser)
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1 (an API node is contrib.serve)")
+    if not args.heartbeat > 0 or not args.lease > args.heartbeat:
+        parser.error("--heartbeat must be positive and shorter than --lease")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s %(message)s")
     try:
         anyio.run(
@@ -208,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 concurrency=args.concurrency,
                 limits=dict(args.limit),
                 grace=args.grace,
+                lease=args.lease,
+                heartbeat=args.heartbeat,
                 output_dir=args.output_dir,
                 input_dirs=args.input_dir,
                 allowed_networks=args.allow_webhook_network,

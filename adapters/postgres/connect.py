@@ -50,7 +50,7 @@ def describe(dsn: str) -> str:
 def connect_error(dsn: str, exc: psycopg.Error) -> StorageError:
     """A clear error for a failed connection attempt."""
     where = describe(dsn)
-    text = str(exc).strip()
+    text = " ".join(str(exc).split())  # one line: libpq's hints come on lines of their own
     low = text.lower()
     if isinstance(exc, psycopg.ProgrammingError) and "conninfo" in low:
         return StorageError(f"invalid PostgreSQL DSN: {text}")
