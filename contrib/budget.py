@@ -22,8 +22,9 @@ from engine.engine import Engine
 from engine.errors import InvalidState, UnknownExecution
 from engine.models import TERMINAL
 
-#: 64 MiB.
-DEFAULT_MAX_LIVE_PLAN_BYTES = 64 << 20
+#: 16 MiB: a live plan takes about 8 times its JSON size in memory (a 1 MB plan of 16,000
+#: subtitle cues, ~8 MB), so about 130 MB per tenant at most.
+DEFAULT_MAX_LIVE_PLAN_BYTES = 16 << 20
 _FIRST_CHECK = 64
 _RECHECK_SECONDS = 1.0
 

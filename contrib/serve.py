@@ -27,7 +27,7 @@ Hostile clients (flags, with their defaults):
   ``--auth-failure-ceiling 1000/60``: the same over all addresses, refusing only the addresses
   that failed recently (:class:`contrib.auth.FailureLimiter`). Behind a reverse proxy every
   client has the proxy's address: limit failures at the proxy then, and pass ``none``.
-- ``--max-live-plan-bytes 67108864``: bytes of plans one tenant may have live on this server
+- ``--max-live-plan-bytes 16777216``: bytes of plans one tenant may have live on this server
   (429 over it; :mod:`contrib.budget`).
 """
 
@@ -208,7 +208,7 @@ async def run(
     max_connections: int | None = None,
     auth_failures: tuple[float, float] | None = (20, 60.0),
     auth_failure_ceiling: tuple[float, float] | None = (1000, 60.0),
-    max_live_plan_bytes: int | None = 64 << 20,
+    max_live_plan_bytes: int | None = 16 << 20,
 ) -> None:
     """Run the engine (``Engine.sqlite(db)``, or ``Engine.postgres(postgres)``: an API node
     that runs no job unless ``concurrency`` says so) and the HTTP API over it until SIGINT or
@@ -416,9 +416,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--max-live-plan-bytes",
         type=_positive_or_none,
-        default=64 << 20,
+        default=16 << 20,
         help="bytes of plans one tenant may have live on this server (429 over it), or none "
-        "(default: 64 MiB)",
+        "(default: 16 MiB)",
     )
     add_provider_options(parser)
     add_result_options(parser)
