@@ -15,8 +15,10 @@ nothing. Routes (all under ``Authorization: Bearer <key>`` except ``/healthz`` a
 - ``GET /results/...``: a result video, by a signed expiring link and no key
   (:mod:`contrib.results`); every ``video.url`` the API shows is made fetchable there.
 
-Checks run in this order: route (404), method (405 with ``Allow``), key (401), rate (429),
-content type (415), size (413), JSON (400), plan (422). Every error is a problem
+Checks run in this order: route (404), method (405 with ``Allow``), the client address's
+failed-key budget (429 with ``Retry-After``, :class:`contrib.auth.FailureLimiter`), key (401),
+rate (429), content type (415), size (413), the body's arrival time (408), JSON (400), plan
+(422), the tenant's bytes of live plans (429, :mod:`contrib.budget`). Every error is a problem
 (:mod:`contrib.problems`); a request can cause nothing else, and an internal failure is logged and
 answered 500 without a traceback.
 """
@@ -32,8 +34,9 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from contrib import metrics as prometheus
-from contrib.auth import KeyRing, RateLimiter
+from contrib.auth import FailureLimiter, KeyRing, RateLimiter, address_key
 from contrib.body import ClientDisconnected, parse_json, read_body
+from contrib.budget import DEFAULT_MAX_LIVE_PLAN_BYTES, LivePlans
 from contrib.openapi import IDEMPOTENCY_KEY_PATTERN, openapi_document
 from contrib.problems import (
     IDEMPOTENCY_CONFLICT,
@@ -70,6 +73,12 @@ log = logging.getLogger("contrib.asgi")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 #: A burst of 100 requests per key, refilled at 50 a second.
 DEFAULT_RATE_LIMIT: tuple[float, float] = (100, 2.0)
+#: 20 failed keys per client address, refilled over a minute (one every 3 s after a burst).
+DEFAULT_AUTH_FAILURES: tuple[float, float] = (20, 60.0)
+#: 1,000 failed keys a minute over all addresses.
+DEFAULT_AUTH_FAILURE_CEILING: tuple[float, float] = (1000, 60.0)
+#: Seconds a request body may take to arrive.
+DEFAULT_BODY_TIMEOUT = 30.0
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: Status bodies of completed executions kept, by (tenant, id).
@@ -119,7 +128,13 @@ class App:
         rate_limit: tuple[float, float] | None = DEFAULT_RATE_LIMIT,
         title: str = "videoflow engine",
         results: ResultLinks | None = None,
+        auth_failures: tuple[float, float] | None = DEFAULT_AUTH_FAILURES,
+        auth_failure_ceiling: tuple[float, float] | None = DEFAULT_AUTH_FAILURE_CEILING,
+        body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
+        max_live_plan_bytes: int | None = DEFAULT_MAX_LIVE_PLAN_BYTES,
     ) -> None:
+        if body_timeout is not None and not (math.isfinite(body_timeout) and body_timeout > 0):
+            raise ValueError("body_timeout must be a positive number of seconds, or None")
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
             raise TypeError("max_body_bytes must be an int")
         if max_body_bytes < 1:
@@ -128,6 +143,15 @@ class App:
         self.max_body_bytes = max_body_bytes
         self._keys = KeyRing(api_keys)
         self._limiter = None if rate_limit is None else RateLimiter(*rate_limit)
+        self._failures = (
+            None
+            if auth_failures is None
+            else FailureLimiter(*auth_failures, ceiling=auth_failure_ceiling)
+        )
+        self.body_timeout = body_timeout
+        self._live_plans = (
+            None if max_live_plan_bytes is None else LivePlans(engine, max_live_plan_bytes)
+        )
         self._in_flight: set[tuple[str, str]] = set()
         self._completed: dict[tuple[str, str], dict[str, Any]] = {}
         #: Makes ``video.url`` fetchable and serves ``/results/...``; by default the links of a
@@ -199,8 +223,23 @@ class App:
         return await handler(request)
 
     def _authenticate(self, request: _Request) -> None:
+        failures = self._failures
+        address = ""
+        if failures is not None:
+            client = request.scope.get("client")
+            address = address_key(client[0] if client else None)
+            wait = failures.refused(address)
+            if wait > 0:
+                seconds = max(1, math.ceil(wait))
+                raise HttpProblem(
+                    RATE_LIMITED,
+                    f"too many failed API keys from this address; retry in {seconds} s",
+                    headers=[("Retry-After", str(seconds))],
+                )
         found = self._keys.identify(request.headers.get(b"authorization"))
         if found is None:
+            if failures is not None:
+                failures.failed(address)
             raise HttpProblem(
                 UNAUTHORIZED,
                 "send a valid API key as 'Authorization: Bearer <key>'",
@@ -223,11 +262,34 @@ class App:
         headers = request.headers
         _check_json_content_type(headers.get(b"content-type"))
         key = _idempotency_key(headers.get(b"idempotency-key"))
-        body = await read_body(request.receive, headers.get(b"content-length"), self.max_body_bytes)
+        body = await read_body(
+            request.receive,
+            headers.get(b"content-length"),
+            self.max_body_bytes,
+            time_limit=self.body_timeout,
+        )
         obj = parse_json(body)
         plan, webhook = _plan_and_webhook(obj)
         tenant = request.tenant
         assert tenant is not None
+        live_plans = self._live_plans
+        if live_plans is None:
+            return (await self._submit(tenant, key, plan, webhook))[0]
+        await live_plans.reserve(tenant, len(body))
+        execution_id = None
+        try:
+            response, execution_id = await self._submit(tenant, key, plan, webhook)
+        finally:
+            live_plans.admitted(tenant, len(body), execution_id)
+        return response
+
+    async def _submit(
+        self,
+        tenant: str,
+        key: str | None,
+        plan: Mapping[str, Any],
+        webhook: Webhook | None,
+    ) -> tuple[Response, str]:
         slot = None if key is None else (tenant, key)
         if slot is not None:
             if slot in self._in_flight:
@@ -255,7 +317,7 @@ class App:
         finally:
             if slot is not None:
                 self._in_flight.discard(slot)
-        return _json_response(202, {"executionId": execution_id})
+        return _json_response(202, {"executionId": execution_id}), execution_id
 
     async def _status(self, request: _Request) -> Response:
         execution_id = _known_id(request.execution_id)
@@ -347,6 +409,10 @@ def create_app(
     rate_limit: tuple[float, float] | None = DEFAULT_RATE_LIMIT,
     title: str = "videoflow engine",
     results: ResultLinks | None = None,
+    auth_failures: tuple[float, float] | None = DEFAULT_AUTH_FAILURES,
+    auth_failure_ceiling: tuple[float, float] | None = DEFAULT_AUTH_FAILURE_CEILING,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
+    max_live_plan_bytes: int | None = DEFAULT_MAX_LIVE_PLAN_BYTES,
 ) -> App:
     """The HTTP API over ``engine`` (which the caller runs, ``async with engine:``).
 
@@ -356,6 +422,15 @@ def create_app(
     ``None`` for no limit. ``results`` signs and serves the links every ``video.url`` is shown
     as (:class:`contrib.results.ResultLinks`; default: a random secret, the provider's
     ``output_dir``, 24 h links).
+
+    ``auth_failures`` is ``(failures, per_seconds)`` per client address: requests answered 401
+    spend its budget, and an address that spent it gets 429 with ``Retry-After`` for every keyed
+    request until the budget refills, whatever key it sends; ``auth_failure_ceiling`` is the same
+    over all addresses, and once spent it refuses the addresses that failed recently, never the
+    others (:class:`contrib.auth.FailureLimiter`; ``None``: no limit). ``body_timeout``: seconds
+    a request body may take to arrive (408 after). ``max_live_plan_bytes``: the bytes of request
+    bodies of one tenant's executions live on this server at once (429 over it, naming the
+    limit and the bytes live; :mod:`contrib.budget`); ``None``: no limit.
     """
     return App(
         engine,
@@ -364,6 +439,10 @@ def create_app(
         rate_limit=rate_limit,
         title=title,
         results=results,
+        auth_failures=auth_failures,
+        auth_failure_ceiling=auth_failure_ceiling,
+        body_timeout=body_timeout,
+        max_live_plan_bytes=max_live_plan_bytes,
     )
 
 
@@ -511,4 +590,12 @@ _SEED_WEBHOOK_FIELDS = {
 }
 
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_RATE_LIMIT", "App", "create_app"]
+__all__ = [
+    "DEFAULT_AUTH_FAILURES",
+    "DEFAULT_AUTH_FAILURE_CEILING",
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_RATE_LIMIT",
+    "App",
+    "create_app",
+]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
-from contrib.problems import MALFORMED, TOO_LARGE, HttpProblem
+import anyio
+
+from contrib.problems import MALFORMED, REQUEST_TIMEOUT, TOO_LARGE, HttpProblem
 from contrib.types import Receive
 
 
@@ -14,14 +17,31 @@ class ClientDisconnected(Exception):
     """The client went away before its request body arrived; there is no one to answer."""
 
 
-async def read_body(receive: Receive, content_length: bytes | None, limit: int) -> bytes:
+async def read_body(
+    receive: Receive, content_length: bytes | None, limit: int, *, time_limit: float | None = None
+) -> bytes:
     """The whole body, refusing one over ``limit`` bytes before reading it when the
-    ``Content-Length`` says so, and while streaming otherwise (chunked bodies)."""
+    ``Content-Length`` says so, and while streaming otherwise (chunked bodies).
+
+    ``time_limit``: seconds the whole body may take to arrive; a client slower than that (a body
+    trickled a byte at a time holds a connection and its buffers) is answered 408, and the
+    connection closed.
+    """
     if content_length is not None:
         if not content_length.isdigit():
             raise HttpProblem(MALFORMED, "Content-Length must be a non-negative integer")
         if len(content_length) > 20 or int(content_length) > limit:
             raise HttpProblem(TOO_LARGE, f"the request body must be at most {limit:,} bytes")
+    with anyio.move_on_after(math.inf if time_limit is None else time_limit):
+        return await _read(receive, limit)
+    raise HttpProblem(
+        REQUEST_TIMEOUT,
+        f"the request body did not arrive within {time_limit:g} s",
+        headers=[("Connection", "close")],
+    )
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

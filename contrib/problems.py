@@ -39,6 +39,7 @@ IDEMPOTENCY_IN_PROGRESS = Kind(
     "idempotency-in-progress", 409, "A request with this idempotency key is in progress"
 )
 INVALID_STATE = Kind("invalid-state", 409, "Not possible in the execution's current state")
+REQUEST_TIMEOUT = Kind("request-timeout", 408, "The request did not arrive in time")
 TOO_LARGE = Kind("payload-too-large", 413, "Request body too large")
 UNSUPPORTED_MEDIA_TYPE = Kind("unsupported-media-type", 415, "Unsupported media type")
 INVALID_PLAN = Kind("invalid-plan", 422, "Invalid execution plan")
@@ -46,6 +47,7 @@ IDEMPOTENCY_CONFLICT = Kind(
     "idempotency-conflict", 422, "Idempotency key reused with a different request"
 )
 RATE_LIMITED = Kind("rate-limited", 429, "Too many requests")
+LIVE_PLANS_LIMIT = Kind("live-plans-limit", 429, "Too many bytes of live plans")
 LINK_REFUSED = Kind("link-refused", 403, "Invalid result link")
 LINK_EXPIRED = Kind("link-expired", 410, "Result link expired")
 RANGE_NOT_SATISFIABLE = Kind("range-not-satisfiable", 416, "Range not satisfiable")
@@ -61,11 +63,13 @@ KINDS: Mapping[str, Kind] = {
         METHOD_NOT_ALLOWED,
         IDEMPOTENCY_IN_PROGRESS,
         INVALID_STATE,
+        REQUEST_TIMEOUT,
         TOO_LARGE,
         UNSUPPORTED_MEDIA_TYPE,
         INVALID_PLAN,
         IDEMPOTENCY_CONFLICT,
         RATE_LIMITED,
+        LIVE_PLANS_LIMIT,
         LINK_REFUSED,
         LINK_EXPIRED,
         RANGE_NOT_SATISFIABLE,

@@ -77,7 +77,8 @@ def load_provider(
         from adapters.memory import FakeVideoProvider
 
         print(FAKE_WARNING, file=sys.stderr, flush=True)
-        return FakeVideoProvider()
+        # No one can inspect a served fake's calls, and each would hold its job's params.
+        return FakeVideoProvider(keep_calls=0)
     if spec == "http":
         return http_provider(config_file, os.environ if environ is None else environ)
     if spec == "ffmpeg":

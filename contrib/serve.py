@@ -14,6 +14,21 @@ next start. A second signal stops at once.
 
 :func:`serve_app` runs any ASGI app under uvicorn inside a task group (``await tg.start(...)``
 returns a :class:`RunningServer` once it listens); tests and benchmarks use it too.
+
+Hostile clients (flags, with their defaults):
+
+- ``--header-timeout 10``: seconds a request's line and headers may take (408, then closed);
+  ``--body-timeout 30``: seconds its body may take (408 from the app while it reads; closed by
+  the server otherwise); ``--max-connections`` (default: 1000, or less when the process may
+  open fewer files): connections over it are answered 503 and closed at once
+  (:mod:`contrib.connections`; the server speaks HTTP/1.1 through h11).
+- ``--auth-failures 20/60``: failed API keys per client address per 60 s; an address over it
+  gets 429 with ``Retry-After`` for every keyed request until its budget refills;
+  ``--auth-failure-ceiling 1000/60``: the same over all addresses, refusing only the addresses
+  that failed recently (:class:`contrib.auth.FailureLimiter`). Behind a reverse proxy every
+  client has the proxy's address: limit failures at the proxy then, and pass ``none``.
+- ``--max-live-plan-bytes 16777216``: bytes of plans one tenant may have live on this server
+  (429 over it; :mod:`contrib.budget`).
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import argparse
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -32,6 +48,7 @@ import anyio
 import anyio.abc
 
 from contrib.auth import parse_keys
+from contrib.connections import guarded_protocol
 from contrib.result_options import add_result_options
 from contrib.types import ASGIApp
 from contrib.worker import add_provider_options, result_arguments
@@ -94,14 +111,27 @@ async def serve_app(
     log_config: dict[str, Any] | None = None,
     access_log: bool = False,
     timeout_graceful_shutdown: int | None = 30,
+    header_timeout: float | None = 10.0,
+    body_timeout: float | None = 30.0,
+    max_connections: int | None = None,
     task_status: anyio.abc.TaskStatus[RunningServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until stopped or cancelled; either way requests in flight finish first.
 
     ``port=0`` picks a free port; ``task_status.started`` gets the :class:`RunningServer`.
+    ``header_timeout``, ``body_timeout`` and ``max_connections`` (default
+    :func:`default_max_connections`) bound slow and excess clients
+    (:mod:`contrib.connections`); ``None``: no bound.
     """
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections=default_max_connections()
+            if max_connections is None
+            else max_connections,
+        ),
         host=host,
         port=port,
         lifespan="on",
@@ -131,6 +161,14 @@ async def serve_app(
         with anyio.CancelScope(shield=True):
             await server.serve()
         task_group.cancel_scope.cancel()
+
+
+def default_max_connections() -> int:
+    """1000, or fewer when the process may not open that many files (64 kept for the rest)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1000
+    return max(1, min(1000, soft - 64))
 
 
 async def _stop_on_signals(running: RunningServer) -> None:
@@ -165,6 +203,12 @@ async def run(
     access_log: bool = True,
     provider_config: str | None = None,
     results: Mapping[str, Any] | None = None,
+    header_timeout: float | None = 10.0,
+    body_timeout: float | None = 30.0,
+    max_connections: int | None = None,
+    auth_failures: tuple[float, float] | None = (20, 60.0),
+    auth_failure_ceiling: tuple[float, float] | None = (1000, 60.0),
+    max_live_plan_bytes: int | None = 16 << 20,
 ) -> None:
     """Run the engine (``Engine.sqlite(db)``, or ``Engine.postgres(postgres)``: an API node
     that runs no job unless ``concurrency`` says so) and the HTTP API over it until SIGINT or
@@ -211,6 +255,10 @@ async def run(
             max_body_bytes=max_body_bytes,
             rate_limit=rate_limit,
             results=links,
+            auth_failures=auth_failures,
+            auth_failure_ceiling=auth_failure_ceiling,
+            body_timeout=body_timeout,
+            max_live_plan_bytes=max_live_plan_bytes,
         )
         async with anyio.create_task_group() as task_group:
 
@@ -222,6 +270,9 @@ async def run(
                     log_level="info",
                     log_config=uvicorn.config.LOGGING_CONFIG,
                     access_log=access_log,
+                    header_timeout=header_timeout,
+                    body_timeout=body_timeout,
+                    max_connections=max_connections,
                     task_status=task_status,
                 )
                 task_group.cancel_scope.cancel()  # stop listening for signals
@@ -257,6 +308,40 @@ def _rate_limit(text: str) -> tuple[float, float] | None:
         return float(requests), float(seconds or "1")
     except ValueError:
         raise argparse.ArgumentTypeError("expected REQUESTS/SECONDS, such as 100/2") from None
+
+
+def _budget(text: str) -> tuple[float, float] | None:
+    if text.lower() in ("none", "off", "0"):
+        return None
+    count, _, seconds = text.partition("/")
+    try:
+        return float(count), float(seconds or "60")
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected FAILURES/SECONDS, such as 20/60") from None
+
+
+def _seconds(text: str) -> float | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of seconds, or none") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a positive number of seconds, or none")
+    return value
+
+
+def _positive_or_none(text: str) -> int | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a positive whole number, or none") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a positive whole number, or none")
+    return value
 
 
 def _load_keys(keys_file: str | None) -> dict[str, str]:
@@ -295,6 +380,46 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=(100.0, 2.0),
         help="per key: REQUESTS/SECONDS (a burst of REQUESTS, refilled over SECONDS), or none",
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds a request's line and headers may take (408, then closed), or none",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=30.0,
+        help="seconds a request body may take (408, or closed), or none",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open connections at most; more are answered 503 and closed (default: 1000, or "
+        "less when the process may open fewer files)",
+    )
+    parser.add_argument(
+        "--auth-failures",
+        type=_budget,
+        default=(20.0, 60.0),
+        help="failed API keys per client address: FAILURES/SECONDS; over it every keyed "
+        "request from the address is answered 429 until the budget refills; or none",
+    )
+    parser.add_argument(
+        "--auth-failure-ceiling",
+        type=_budget,
+        default=(1000.0, 60.0),
+        help="failed API keys over all addresses: FAILURES/SECONDS; over it addresses that "
+        "failed recently are refused, others are not; or none",
+    )
+    parser.add_argument(
+        "--max-live-plan-bytes",
+        type=_positive_or_none,
+        default=16 << 20,
+        help="bytes of plans one tenant may have live on this server (429 over it), or none "
+        "(default: 16 MiB)",
+    )
     add_provider_options(parser)
     add_result_options(parser)
     parser.add_argument("--no-access-log", action="store_true")
@@ -325,6 +450,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 access_log=not args.no_access_log,
                 provider_config=args.provider_config,
                 results=result_arguments(args),
+                header_timeout=args.header_timeout,
+                body_timeout=args.body_timeout,
+                max_connections=args.max_connections,
+                auth_failures=args.auth_failures,
+                auth_failure_ceiling=args.auth_failure_ceiling,
+                max_live_plan_bytes=args.max_live_plan_bytes,
             )
         )
     except (ConfigError, StorageError) as exc:

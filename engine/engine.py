@@ -361,6 +361,7 @@ class Engine:
         the same request return the same execution; another request raises IdempotencyConflict.
         """
         self._require_started()
+        given = isinstance(plan, ExecutionPlan)
         if not isinstance(plan, ExecutionPlan):
             has_base = True if base_execution_id is not None else None
             plan = ExecutionPlan.from_json(plan, has_base=has_base)
@@ -371,7 +372,7 @@ class Engine:
                 )
             base_execution_id = plan.base_execution_id
         hook = webhook_from(webhook)
-        jobs = self._checked_jobs(plan, has_base=base_execution_id is not None)
+        jobs = self._checked_jobs(plan, has_base=base_execution_id is not None, remember=given)
         if base_execution_id is not None:
             base = await self.storage.get(base_execution_id)
             if base is None or base.tenant != tenant:
@@ -392,15 +393,21 @@ class Engine:
             request_fingerprint = fingerprint(plan, base_execution_id, hook)
         return await self.dispatch.admit(execution, request_fingerprint)
 
-    def _checked_jobs(self, plan: ExecutionPlan, *, has_base: bool) -> tuple[JobInfo, ...]:
-        """Validate a plan and make its (immutable) job records, remembering the last few: a
-        host that submits one plan object many times pays for this once."""
+    def _checked_jobs(
+        self, plan: ExecutionPlan, *, has_base: bool, remember: bool
+    ) -> tuple[JobInfo, ...]:
+        """Validate a plan and make its (immutable) job records, remembering the last few plan
+        objects a host passed: a host that submits one plan object many times pays for this
+        once. Plans parsed from JSON here are not remembered: no one can pass them again, and
+        64 large ones (an HTTP server's) would hold hundreds of megabytes."""
         key = (id(plan), has_base)
         known = self._valid_plans.get(key)
         if known is not None and known[0] is plan:
             return known[1]
         plan.check(has_base=has_base)
         jobs = job_infos(plan.jobs)
+        if not remember:
+            return jobs
         self._valid_plans[key] = (plan, jobs)
         if len(self._valid_plans) > 64:
             self._valid_plans.pop(next(iter(self._valid_plans)))

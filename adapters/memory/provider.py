@@ -52,12 +52,24 @@ class FakeVideoProvider:
 
     ``fail_next(job_id, times=..., retryable=...)`` scripts failures; ``on_call`` (plain or async)
     runs at the start of every call and may raise or wait, for tests that need to hold a job.
+
+    ``keep_calls`` bounds ``calls`` to the latest calls (each holds its job's params and inputs,
+    which can be large: a long-running server must not keep them all); ``None`` keeps every
+    call, ``0`` none (``contrib.serve``'s ``--provider fake`` records nothing).
     """
 
     latency: float = 0.0
     on_call: Hook | None = None
+    keep_calls: int | None = 10_000
     calls: list[FakeCall] = field(factory=list, init=False)
     _failures: list[_Failure] = field(factory=list, init=False)
+    #: Calls dropped from the front of ``calls`` so far (``calls[0]`` is call number _dropped).
+    _dropped: int = field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        keep = self.keep_calls
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+            raise ValueError("keep_calls must be a whole number >= 0, or None")
 
     def fail_next(
         self,
@@ -71,6 +83,7 @@ class FakeVideoProvider:
         self._failures.append(_Failure(job_id, execution_id, times, retryable, message))
 
     def reset(self) -> None:
+        self._dropped += len(self.calls)
         self.calls.clear()
         self._failures.clear()
 
@@ -79,8 +92,7 @@ class FakeVideoProvider:
 
     async def run(self, request: JobRequest) -> Video:
         started = time.monotonic()
-        index = len(self.calls)
-        self.calls.append(self._record(request, started, None, "running"))
+        number = self._remember(self._record(request, started, None, "running"))
         outcome = "failed"
         try:
             if self.on_call is not None:
@@ -97,7 +109,23 @@ class FakeVideoProvider:
             outcome = "cancelled"
             raise
         finally:
-            self.calls[index] = self._record(request, started, time.monotonic(), outcome)
+            index = number - self._dropped
+            if 0 <= index < len(self.calls):  # else dropped since (keep_calls) or reset
+                self.calls[index] = self._record(request, started, time.monotonic(), outcome)
+
+    def _remember(self, call: FakeCall) -> int:
+        """Append ``call`` (dropping the oldest over ``keep_calls``); its number."""
+        number = self._dropped + len(self.calls)
+        keep = self.keep_calls
+        if keep == 0:
+            self._dropped += 1
+            return number
+        self.calls.append(call)
+        if keep is not None and len(self.calls) > keep:
+            excess = len(self.calls) - keep
+            del self.calls[:excess]
+            self._dropped += excess
+        return number
 
     def _raise_scripted(self, request: JobRequest) -> None:
         for failure in self._failures:
