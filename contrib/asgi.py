@@ -11,7 +11,10 @@ nothing. Routes (all under ``Authorization: Bearer <key>`` except ``/healthz`` a
   webhook's delivery log (``webhook.deliveries``).
 - ``POST /api/execute/{id}/cancel``, ``.../resume`` and ``.../redeliver`` (send an ended
   execution's webhook again, same ``webhook-id``): ``202 {"executionId", "status"}``.
-- ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
+- ``GET /healthz``, ``GET /openapi.json``.
+- ``GET /metrics`` (Prometheus text): with an operator key (``operator_keys``), the fleet's and
+  this process's numbers; with a tenant's key, only that tenant's executions, labelled
+  ``tenant="..."``.
 - ``GET /results/...``: a result video, by a signed expiring link and no key
   (:mod:`contrib.results`); every ``video.url`` the API shows is made fetchable there.
 
@@ -25,15 +28,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from contrib import metrics as prometheus
 from contrib.auth import KeyRing, RateLimiter
 from contrib.body import ClientDisconnected, parse_json, read_body
+from contrib.inputs import allowed_dirs, url_problems
 from contrib.openapi import IDEMPOTENCY_KEY_PATTERN, openapi_document
 from contrib.problems import (
     IDEMPOTENCY_CONFLICT,
@@ -78,6 +83,8 @@ _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
 _JSON_TYPE = b"application/json"
 _NO_SUCH_EXECUTION = "no such execution"
 _NO_SUCH_BASE = "baseExecutionId names no such execution"
+#: The tenant name operator keys map to inside their own key ring (never a tenant's).
+_OPERATOR = "operator"
 
 Response = tuple[int, Headers, bytes]
 _Handler = Callable[["_Request"], Awaitable[Response]]
@@ -119,6 +126,8 @@ class App:
         rate_limit: tuple[float, float] | None = DEFAULT_RATE_LIMIT,
         title: str = "videoflow engine",
         results: ResultLinks | None = None,
+        input_dirs: Sequence[str | os.PathLike[str]] = (),
+        operator_keys: Iterable[str] = (),
     ) -> None:
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
             raise TypeError("max_body_bytes must be an int")
@@ -127,6 +136,10 @@ class App:
         self.engine = engine
         self.max_body_bytes = max_body_bytes
         self._keys = KeyRing(api_keys)
+        #: Keys that see the fleet-wide ``/metrics`` (and nothing else: they name no tenant).
+        self._operators = KeyRing({key: _OPERATOR for key in operator_keys})
+        #: Where tenants' ``file://`` URLs may point (:mod:`contrib.inputs`); none by default.
+        self.input_dirs = allowed_dirs(input_dirs)
         self._limiter = None if rate_limit is None else RateLimiter(*rate_limit)
         self._in_flight: set[tuple[str, str]] = set()
         self._completed: dict[tuple[str, str], dict[str, Any]] = {}
@@ -145,7 +158,7 @@ class App:
             "resume": {"POST": (self._resume, True)},
             "redeliver": {"POST": (self._redeliver, True)},
             "healthz": {"GET": (self._healthz, False)},
-            "metrics": {"GET": (self._metrics, True)},
+            "metrics": {"GET": (self._metrics, False)},
             "openapi": {"GET": (self._openapi_json, False)},
         }
 
@@ -226,6 +239,9 @@ class App:
         body = await read_body(request.receive, headers.get(b"content-length"), self.max_body_bytes)
         obj = parse_json(body)
         plan, webhook = _plan_and_webhook(obj)
+        refused = url_problems(plan, self.input_dirs)
+        if refused:
+            raise _plan_problem(refused)
         tenant = request.tenant
         assert tenant is not None
         slot = None if key is None else (tenant, key)
@@ -319,7 +335,16 @@ class App:
         return _json_response(200, {"status": "ok"})
 
     async def _metrics(self, request: _Request) -> Response:
-        text = prometheus.render(await self.engine.metrics(), self.responses)
+        """An operator key: every number of the fleet and this process. A tenant's key: that
+        tenant's executions only, labelled ``tenant="..."`` (:func:`contrib.metrics.render_tenant`)."""
+        operator = self._operators.identify(request.headers.get(b"authorization"))
+        if operator is not None:
+            text = prometheus.render(await self.engine.metrics(), self.responses)
+        else:
+            self._authenticate(request)
+            assert request.tenant is not None
+            tenant = request.tenant
+            text = prometheus.render_tenant(await self.engine.metrics(tenant=tenant), tenant)
         body = text.encode()
         return (
             200,
@@ -347,6 +372,8 @@ def create_app(
     rate_limit: tuple[float, float] | None = DEFAULT_RATE_LIMIT,
     title: str = "videoflow engine",
     results: ResultLinks | None = None,
+    input_dirs: Sequence[str | os.PathLike[str]] = (),
+    operator_keys: Iterable[str] = (),
 ) -> App:
     """The HTTP API over ``engine`` (which the caller runs, ``async with engine:``).
 
@@ -355,7 +382,10 @@ def create_app(
     ``(requests, per_seconds)`` per key, a token bucket (429 with ``Retry-After`` over it), or
     ``None`` for no limit. ``results`` signs and serves the links every ``video.url`` is shown
     as (:class:`contrib.results.ResultLinks`; default: a random secret, the provider's
-    ``output_dir``, 24 h links).
+    ``output_dir``, 24 h links). ``input_dirs``: the local directories a plan's ``file://`` URLs
+    may point into (none by default: tenants send ``http(s)`` URLs; :mod:`contrib.inputs`).
+    ``operator_keys``: the keys that read the fleet-wide ``/metrics``; a tenant's key reads only
+    its own numbers there.
     """
     return App(
         engine,
@@ -364,6 +394,8 @@ def create_app(
         rate_limit=rate_limit,
         title=title,
         results=results,
+        input_dirs=input_dirs,
+        operator_keys=operator_keys,
     )
 
 
