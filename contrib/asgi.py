@@ -336,7 +336,7 @@ class App:
 
     async def _metrics(self, request: _Request) -> Response:
         """An operator key: every number of the fleet and this process. A tenant's key: that
-        tenant's executions only, labelled ``tenant="..."`` (:func:`contrib.metrics.render_tenant`)."""
+        tenant's executions only, labelled ``tenant="..."`` (``metrics.render_tenant``)."""
         operator = self._operators.identify(request.headers.get(b"authorization"))
         if operator is not None:
             text = prometheus.render(await self.engine.metrics(), self.responses)

@@ -1,8 +1,8 @@
 """What a submit asks for, normalised: the webhook, the idempotency fingerprint, new ids.
 
 The engine and the HTTP app (:mod:`contrib.asgi`) read a webhook the same way, through
-:func:`webhook_from`, so the rules (an absolute ``http(s)`` URL; a secret of at least 16 bytes, or ``whsec_`` and
-the base64 of at least 24) are said once.
+:func:`webhook_from`, so the rules (an absolute ``http(s)`` URL; a secret of at least 16 bytes,
+or ``whsec_`` and the base64 of at least 24) are said once.
 """
 
 from __future__ import annotations

@@ -76,11 +76,14 @@ async def submit(client: httpx.AsyncClient, body: Any = PLAN, **headers: str) ->
 
 
 async def wait_status(
-    client: httpx.AsyncClient, execution_id: str, statuses: Sequence[str]
+    client: httpx.AsyncClient,
+    execution_id: str,
+    statuses: Sequence[str],
+    headers: Mapping[str, str] = ALPHA,
 ) -> dict[str, Any]:
     with anyio.fail_after(10):
         while True:
-            response = await client.get(f"/api/execute/{execution_id}/status", headers=ALPHA)
+            response = await client.get(f"/api/execute/{execution_id}/status", headers=headers)
             body = response.json()
             if body["status"] in statuses:
                 return cast(dict[str, Any], body)
@@ -862,10 +865,7 @@ async def test_a_tenant_sees_only_its_own_metrics_and_an_operator_all(tmp_path: 
     ):
         for _ in range(2):
             await wait_status(client, await submit(client, PLAN), ["completed"])
-        beta_id = await submit(client, PLAN, **BETA)
-        with anyio.fail_after(10):
-            while (await live.engine.status(beta_id, tenant="beta")).status != "completed":
-                await anyio.sleep(0.01)
+        await wait_status(client, await submit(client, PLAN, **BETA), ["completed"], BETA)
         alpha = parse_prometheus((await client.get("/metrics", headers=ALPHA)).text)
         beta = parse_prometheus((await client.get("/metrics", headers=BETA)).text)
         fleet = parse_prometheus((await client.get("/metrics", headers=OPERATOR)).text)

@@ -97,7 +97,8 @@ class FFmpegVideoProvider:
     Inputs: videos come as the ``file://`` URLs of earlier jobs (read under ``output_dir`` and
     ``input_dirs``); ``audioUrl``/``srtUrl`` may be ``file://`` or ``http(s)://``, and their
     local files are read only under ``input_dirs``, never under ``output_dir`` or the scratch
-    directories (another job's output is an input, through ``dependsOn``, never a path); downloads go through ``client`` (default: a fresh ``httpx.AsyncClient`` that
+    directories (another job's output is an input, through ``dependsOn``, never a path);
+    downloads go through ``client`` (default: a fresh ``httpx.AsyncClient`` that
     ignores proxy settings) behind the SSRF guard (``allowed_networks``), capped at
     ``max_input_bytes`` and ``fetch_timeout`` seconds. See :mod:`adapters.ffmpeg.fetch`.
 
@@ -204,7 +205,7 @@ class FFmpegVideoProvider:
             expected = await operation(job)
             info = await self._probe(partial, "the output")
             if not info.has_video or info.width is None or info.height is None:
-                raise ProviderError("FFmpeg wrote an output without a video stream")
+                raise ProviderError("FFmpeg wrote an output without a video stream")  # noqa: TRY301
             os.replace(partial, final)
         except ProviderError as exc:
             # The message is stored as the job's error and shown to the tenant: no server path
