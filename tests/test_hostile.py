@@ -23,6 +23,7 @@ import httpx
 import pytest
 import uvicorn.config
 from http_support import ALPHA, BETA, KEYS, OPERATOR, Live, live_api
+from pg_support import DSN, needs_postgres
 from test_http_api import CORPUS, PLAN, assert_problem, parse_prometheus
 from test_net import REFUSED
 
@@ -544,3 +545,22 @@ async def test_the_access_log_holds_no_query_string_or_key(tmp_path: Path) -> No
     for secret in ("api_key", "key-alpha", "key-beta", "t0psecret", "SIGNATURE", "?"):
         assert secret not in text, text
     assert len(lines.lines) == 3
+
+
+@needs_postgres
+async def test_tenant_scoped_metrics_on_postgres(schema: str) -> None:
+    engine = Engine.postgres(
+        DSN, FakeVideoProvider(), RecordingNotifier(), schema=schema, concurrency=2
+    )
+    async with (
+        live_api(None, engine=engine, rate_limit=None) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+    ):
+        for headers in (ALPHA, ALPHA, BETA):
+            await ended(client, await submitted(client, PLAN, headers), headers)
+        alpha = parse_prometheus((await client.get("/metrics", headers=ALPHA)).text)
+        fleet = parse_prometheus((await client.get("/metrics", headers=OPERATOR)).text)
+        done = 'status="completed"'
+        assert dict(alpha["videoflow_executions"])[f'{{tenant="alpha",{done}}}'] == 2
+        assert dict(fleet["videoflow_executions"])[f"{{{done}}}"] == 3
+        assert "beta" not in (await client.get("/metrics", headers=ALPHA)).text
