@@ -11,7 +11,10 @@ nothing. Routes (all under ``Authorization: Bearer <key>`` except ``/healthz`` a
   webhook's delivery log (``webhook.deliveries``).
 - ``POST /api/execute/{id}/cancel``, ``.../resume`` and ``.../redeliver`` (send an ended
   execution's webhook again, same ``webhook-id``): ``202 {"executionId", "status"}``.
-- ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
+- ``GET /healthz``, ``GET /openapi.json``.
+- ``GET /metrics`` (Prometheus text): with an operator key (``operator_keys``), the fleet's and
+  this process's numbers; with a tenant's key, only that tenant's executions, labelled
+  ``tenant="..."``.
 - ``GET /results/...``: a result video, by a signed expiring link and no key
   (:mod:`contrib.results`); every ``video.url`` the API shows is made fetchable there.
 
@@ -27,9 +30,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -37,6 +41,7 @@ from contrib import metrics as prometheus
 from contrib.auth import FailureLimiter, KeyRing, RateLimiter, address_key
 from contrib.body import ClientDisconnected, parse_json, read_body
 from contrib.budget import DEFAULT_MAX_LIVE_PLAN_BYTES, LivePlans
+from contrib.inputs import allowed_dirs, url_problems
 from contrib.openapi import IDEMPOTENCY_KEY_PATTERN, openapi_document
 from contrib.problems import (
     IDEMPOTENCY_CONFLICT,
@@ -87,6 +92,8 @@ _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
 _JSON_TYPE = b"application/json"
 _NO_SUCH_EXECUTION = "no such execution"
 _NO_SUCH_BASE = "baseExecutionId names no such execution"
+#: The tenant name operator keys map to inside their own key ring (never a tenant's).
+_OPERATOR = "operator"
 
 Response = tuple[int, Headers, bytes]
 _Handler = Callable[["_Request"], Awaitable[Response]]
@@ -132,6 +139,8 @@ class App:
         auth_failure_ceiling: tuple[float, float] | None = DEFAULT_AUTH_FAILURE_CEILING,
         body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
         max_live_plan_bytes: int | None = DEFAULT_MAX_LIVE_PLAN_BYTES,
+        input_dirs: Sequence[str | os.PathLike[str]] = (),
+        operator_keys: Iterable[str] = (),
     ) -> None:
         if body_timeout is not None and not (math.isfinite(body_timeout) and body_timeout > 0):
             raise ValueError("body_timeout must be a positive number of seconds, or None")
@@ -142,6 +151,10 @@ class App:
         self.engine = engine
         self.max_body_bytes = max_body_bytes
         self._keys = KeyRing(api_keys)
+        #: Keys that see the fleet-wide ``/metrics`` (and nothing else: they name no tenant).
+        self._operators = KeyRing({key: _OPERATOR for key in operator_keys})
+        #: Where tenants' ``file://`` URLs may point (:mod:`contrib.inputs`); none by default.
+        self.input_dirs = allowed_dirs(input_dirs)
         self._limiter = None if rate_limit is None else RateLimiter(*rate_limit)
         self._failures = (
             None
@@ -169,7 +182,7 @@ class App:
             "resume": {"POST": (self._resume, True)},
             "redeliver": {"POST": (self._redeliver, True)},
             "healthz": {"GET": (self._healthz, False)},
-            "metrics": {"GET": (self._metrics, True)},
+            "metrics": {"GET": (self._metrics, False)},
             "openapi": {"GET": (self._openapi_json, False)},
         }
 
@@ -223,23 +236,11 @@ class App:
         return await handler(request)
 
     def _authenticate(self, request: _Request) -> None:
-        failures = self._failures
-        address = ""
-        if failures is not None:
-            client = request.scope.get("client")
-            address = address_key(client[0] if client else None)
-            wait = failures.refused(address)
-            if wait > 0:
-                seconds = max(1, math.ceil(wait))
-                raise HttpProblem(
-                    RATE_LIMITED,
-                    f"too many failed API keys from this address; retry in {seconds} s",
-                    headers=[("Retry-After", str(seconds))],
-                )
+        address = self._check_failure_budget(request)
         found = self._keys.identify(request.headers.get(b"authorization"))
         if found is None:
-            if failures is not None:
-                failures.failed(address)
+            if self._failures is not None:
+                self._failures.failed(address)
             raise HttpProblem(
                 UNAUTHORIZED,
                 "send a valid API key as 'Authorization: Bearer <key>'",
@@ -256,6 +257,23 @@ class App:
                     headers=[("Retry-After", str(seconds))],
                 )
 
+    def _check_failure_budget(self, request: _Request) -> str:
+        """429 when the client's address spent its budget of failed keys; its address key."""
+        failures = self._failures
+        if failures is None:
+            return ""
+        client = request.scope.get("client")
+        address = address_key(client[0] if client else None)
+        wait = failures.refused(address)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise HttpProblem(
+                RATE_LIMITED,
+                f"too many failed API keys from this address; retry in {seconds} s",
+                headers=[("Retry-After", str(seconds))],
+            )
+        return address
+
     # --- handlers ---------------------------------------------------------------------------------
 
     async def _execute(self, request: _Request) -> Response:
@@ -270,6 +288,9 @@ class App:
         )
         obj = parse_json(body)
         plan, webhook = _plan_and_webhook(obj)
+        refused = url_problems(plan, self.input_dirs)
+        if refused:
+            raise _plan_problem(refused)
         tenant = request.tenant
         assert tenant is not None
         live_plans = self._live_plans
@@ -381,7 +402,19 @@ class App:
         return _json_response(200, {"status": "ok"})
 
     async def _metrics(self, request: _Request) -> Response:
-        text = prometheus.render(await self.engine.metrics(), self.responses)
+        """An operator key: every number of the fleet and this process. A tenant's key: that
+        tenant's executions only, labelled ``tenant="..."`` (``metrics.render_tenant``)."""
+        # Over its failure budget an address is refused before any key is looked at, so a
+        # guessed operator key is not told apart from a wrong one either.
+        self._check_failure_budget(request)
+        operator = self._operators.identify(request.headers.get(b"authorization"))
+        if operator is not None:
+            text = prometheus.render(await self.engine.metrics(), self.responses)
+        else:
+            self._authenticate(request)
+            assert request.tenant is not None
+            tenant = request.tenant
+            text = prometheus.render_tenant(await self.engine.metrics(tenant=tenant), tenant)
         body = text.encode()
         return (
             200,
@@ -413,6 +446,8 @@ def create_app(
     auth_failure_ceiling: tuple[float, float] | None = DEFAULT_AUTH_FAILURE_CEILING,
     body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     max_live_plan_bytes: int | None = DEFAULT_MAX_LIVE_PLAN_BYTES,
+    input_dirs: Sequence[str | os.PathLike[str]] = (),
+    operator_keys: Iterable[str] = (),
 ) -> App:
     """The HTTP API over ``engine`` (which the caller runs, ``async with engine:``).
 
@@ -431,6 +466,10 @@ def create_app(
     a request body may take to arrive (408 after). ``max_live_plan_bytes``: the bytes of request
     bodies of one tenant's executions live on this server at once (429 over it, naming the
     limit and the bytes live; :mod:`contrib.budget`); ``None``: no limit.
+    ``input_dirs``: the local directories a plan's ``file://`` URLs
+    may point into (none by default: tenants send ``http(s)`` URLs; :mod:`contrib.inputs`).
+    ``operator_keys``: the keys that read the fleet-wide ``/metrics``; a tenant's key reads only
+    its own numbers there.
     """
     return App(
         engine,
@@ -443,6 +482,8 @@ def create_app(
         auth_failure_ceiling=auth_failure_ceiling,
         body_timeout=body_timeout,
         max_live_plan_bytes=max_live_plan_bytes,
+        input_dirs=input_dirs,
+        operator_keys=operator_keys,
     )
 
 

@@ -1,4 +1,10 @@
-"""``GET /metrics``: the engine's metrics in the Prometheus text format, version 0.0.4."""
+"""``GET /metrics``: the engine's metrics in the Prometheus text format, version 0.0.4.
+
+:func:`render` is the operator's view: the store's executions of every tenant, and this
+process's attempts, queue, deliveries and HTTP responses. :func:`render_tenant` is a tenant's:
+its own executions by status and its success ratio, each labelled ``tenant="..."``, and nothing
+that counts other tenants' work.
+"""
 
 from __future__ import annotations
 
@@ -99,4 +105,21 @@ def render(metrics: EngineMetrics, responses: Mapping[int, int] | None = None) -
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["MEDIA_TYPE", "render"]
+def render_tenant(metrics: EngineMetrics, tenant: str) -> str:
+    """One tenant's exposition text: ``metrics`` must be ``Engine.metrics(tenant=tenant)``."""
+    label = f'tenant="{_escape(tenant)}"'
+    lines: list[str] = []
+    lines += _family("executions", "gauge", "This tenant's executions in the store, by status.")
+    for status in sorted(set(STATUSES) | set(metrics.executions)):
+        count = metrics.executions.get(status, 0)
+        lines.append(f'{PREFIX}executions{{{label},status="{_escape(status)}"}} {count}')
+    lines += _family(
+        "execution_success_ratio",
+        "gauge",
+        "This tenant's completed executions over its ended ones (NaN before the first ends).",
+    )
+    lines.append(f"{PREFIX}execution_success_ratio{{{label}}} {_number(metrics.success_rate)}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["MEDIA_TYPE", "render", "render_tenant"]

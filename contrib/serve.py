@@ -85,6 +85,29 @@ class RunningServer:
             self._server.force_exit = True
 
 
+class AccessLogFilter(logging.Filter):
+    """Keeps query strings out of uvicorn's access log: a line shows the path only.
+
+    A query string may carry a credential (a client's ``?api_key=...``) or a signed result link's
+    ``sig``; nothing in the log may be replayed. (uvicorn never logs headers, so the
+    ``Authorization`` key is not in it either.) Installed on the ``uvicorn.access`` logger by
+    :func:`serve_app`, whatever the log configuration."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path = args[2].split("?", 1)[0].split("#", 1)[0]
+            record.args = (*args[:2], path, *args[3:])
+        return True
+
+
+def install_access_log_filter() -> None:
+    """Add :class:`AccessLogFilter` to ``uvicorn.access`` (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, AccessLogFilter) for f in access.filters):
+        access.addFilter(AccessLogFilter())
+
+
 def _make_server(config: uvicorn.Config, ready: anyio.Event) -> uvicorn.Server:
     class Server(uvicorn.Server):
         """uvicorn without its own signal handling (whoever runs it decides when it stops; uvicorn
@@ -141,6 +164,7 @@ async def serve_app(
         timeout_graceful_shutdown=timeout_graceful_shutdown,
         server_header=False,
     )
+    install_access_log_filter()  # after the Config, which (re)configures logging
     ready = anyio.Event()
     server = _make_server(config, ready)
 
@@ -209,6 +233,7 @@ async def run(
     auth_failures: tuple[float, float] | None = (20, 60.0),
     auth_failure_ceiling: tuple[float, float] | None = (1000, 60.0),
     max_live_plan_bytes: int | None = 16 << 20,
+    operator_keys: Sequence[str] = (),
 ) -> None:
     """Run the engine (``Engine.sqlite(db)``, or ``Engine.postgres(postgres)``: an API node
     that runs no job unless ``concurrency`` says so) and the HTTP API over it until SIGINT or
@@ -259,6 +284,8 @@ async def run(
             auth_failure_ceiling=auth_failure_ceiling,
             body_timeout=body_timeout,
             max_live_plan_bytes=max_live_plan_bytes,
+            input_dirs=input_dirs,
+            operator_keys=operator_keys,
         )
         async with anyio.create_task_group() as task_group:
 
@@ -344,6 +371,10 @@ def _positive_or_none(text: str) -> int | None:
     return value
 
 
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _load_keys(keys_file: str | None) -> dict[str, str]:
     if keys_file is not None:
         with open(keys_file, encoding="utf-8") as handle:
@@ -420,6 +451,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="bytes of plans one tenant may have live on this server (429 over it), or none "
         "(default: 16 MiB)",
     )
+    parser.add_argument(
+        "--operator-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key that reads the fleet-wide /metrics (tenants' keys read only their own); "
+        "repeatable; also $ENGINE_OPERATOR_KEYS, comma-separated",
+    )
     add_provider_options(parser)
     add_result_options(parser)
     parser.add_argument("--no-access-log", action="store_true")
@@ -430,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     if not keys:
         parser.error("no API keys: set ENGINE_API_KEYS=key=tenant,... or pass --keys-file")
+    operator_keys = [*args.operator_key, *_split(os.environ.get("ENGINE_OPERATOR_KEYS", ""))]
+    if set(operator_keys) & set(keys):
+        parser.error("an operator key must not also be a tenant's API key")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s %(message)s")
     try:
         anyio.run(
@@ -456,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 auth_failures=args.auth_failures,
                 auth_failure_ceiling=args.auth_failure_ceiling,
                 max_live_plan_bytes=args.max_live_plan_bytes,
+                operator_keys=operator_keys,
             )
         )
     except (ConfigError, StorageError) as exc:

@@ -12,19 +12,17 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 from attrs import field, frozen
 
 from engine import wire
-from engine.models import DeliveryAttempt, ErrorInfo, Execution, JobInfo, Video, Webhook
+from engine.models import DeliveryAttempt, ErrorInfo, Execution, JobInfo, Video
 from engine.wire import OMIT_IF_DEFAULT
 
 #: ``scheme://`` and the userinfo of the authority (up to its last ``@``, before any ``/?#``).
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
 #: The same, for URLs anywhere in a text.
 _USERINFO_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s]*@")
-_REDACTED = "***"
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -40,30 +38,14 @@ def without_userinfo(url: str) -> str:
     return _USERINFO.sub(r"\1", url, count=1)
 
 
-def _secrets_of(webhook: Webhook | None) -> list[str]:
-    """What must never appear in an attempt's error: the secret, and the URL's userinfo and its
-    password, as given and percent-decoded."""
-    if webhook is None:
-        return []
-    found: list[str] = []
-    if webhook.secret:
-        found.append(webhook.secret)
-    match = _USERINFO.match(webhook.url)
-    if match is not None:
-        userinfo = match[0][len(match[1]) : -1]
-        for text in (userinfo, unquote(userinfo)):
-            found.append(text)  # all of it: a token may stand where a user name goes
-            found.append(text.partition(":")[2])
-    # Longest first, so that a part never leaves the rest of a longer secret behind.
-    return sorted({s for s in found if s and s != _REDACTED}, key=len, reverse=True)
+def _redact(text: str | None) -> str | None:
+    """``text`` with the userinfo of every URL in it removed (by the URL's structure).
 
-
-def _redact(text: str | None, secrets: Sequence[str]) -> str | None:
-    """``text`` without any of ``secrets`` and without the userinfo of any URL in it."""
+    Never a substring replacement of a secret: that garbles every other occurrence of its
+    characters (a secret ``"s"`` masked every ``s``) and hints at what the secret is. A secret is
+    kept out of error texts where they are made: the notifier never writes one into them."""
     if text is None:
         return None
-    for secret in secrets:
-        text = text.replace(secret, _REDACTED)
     return _USERINFO_IN_TEXT.sub(r"\1", text)
 
 
@@ -139,18 +121,18 @@ def job_to_json(job: JobInfo) -> dict[str, Any]:
     return wire.to_json(job_view(job))  # type: ignore[no-any-return]
 
 
-def delivery_view(attempt: DeliveryAttempt, *, secrets: Sequence[str] = ()) -> DeliveryView:
+def delivery_view(attempt: DeliveryAttempt) -> DeliveryView:
     """One attempt of the delivery log. ``at`` and ``retryAt`` are times, ``latency`` seconds.
 
-    The URL loses any userinfo and ``error`` any of ``secrets`` (the notifier records neither;
-    this is a second guard, not the first).
+    The URL, and any URL in ``error``, loses its userinfo (the notifier records none; this is a
+    second guard, not the first).
     """
     return DeliveryView(
         event_id=attempt.event_id,
         attempt=attempt.attempt,
         at=timestamp(attempt.at),
         status_code=attempt.status_code,
-        error=_redact(attempt.error, secrets),
+        error=_redact(attempt.error),
         latency=attempt.latency,
         outcome=attempt.outcome,
         retry_at=timestamp(attempt.retry_at),
@@ -158,8 +140,8 @@ def delivery_view(attempt: DeliveryAttempt, *, secrets: Sequence[str] = ()) -> D
     )
 
 
-def delivery_to_json(attempt: DeliveryAttempt, *, secrets: Sequence[str] = ()) -> dict[str, Any]:
-    return wire.to_json(delivery_view(attempt, secrets=secrets))  # type: ignore[no-any-return]
+def delivery_to_json(attempt: DeliveryAttempt) -> dict[str, Any]:
+    return wire.to_json(delivery_view(attempt))  # type: ignore[no-any-return]
 
 
 def execution_view(
@@ -175,8 +157,7 @@ def execution_view(
     if execution.webhook is not None:
         log = None
         if deliveries is not None:
-            secrets = _secrets_of(execution.webhook)
-            log = tuple(delivery_view(attempt, secrets=secrets) for attempt in deliveries)
+            log = tuple(delivery_view(attempt) for attempt in deliveries)
         webhook = WebhookView(without_userinfo(execution.webhook.url), log)
     return ExecutionView(
         id=execution.id,

@@ -72,11 +72,14 @@ def add_provider_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-dir", help="where --provider ffmpeg writes its videos")
     parser.add_argument(
+        "--allow-input-dir",
         "--input-dir",
+        dest="input_dir",
         action="append",
         default=[],
         metavar="DIR",
-        help="a local directory --provider ffmpeg may read inputs from; repeatable",
+        help="for one trusted tenant: let plans name file:// URLs under DIR (audioUrl, srtUrl), "
+        "which --provider ffmpeg reads; repeatable. Without it tenants send http(s) URLs",
     )
     parser.add_argument(
         "--allow-webhook-network",

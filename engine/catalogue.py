@@ -57,6 +57,8 @@ class ParamSpec:
     default: Any = _NO_DEFAULT
     #: Said after "is required", e.g. "(such as '9:16')".
     hint: str = ""
+    #: A URL the plan names for the provider to read (servers restrict its scheme).
+    url: bool = False
 
     @property
     def has_default(self) -> bool:
@@ -285,7 +287,7 @@ OPERATIONS: Mapping[str, OperationSpec] = {
             "lipSync",
             "lip_sync",
             "transform",
-            (ParamSpec("audioUrl", _url("audioUrl"), _URL_SCHEMA, required=True),),
+            (ParamSpec("audioUrl", _url("audioUrl"), _URL_SCHEMA, required=True, url=True),),
             "Lip-sync a clip to an audio track.",
         ),
         OperationSpec(
@@ -305,7 +307,7 @@ OPERATIONS: Mapping[str, OperationSpec] = {
                     _cues,
                     {"type": "array", "items": {"$ref": "#/components/schemas/Cue"}},
                 ),
-                ParamSpec("srtUrl", _url("srtUrl"), _URL_SCHEMA),
+                ParamSpec("srtUrl", _url("srtUrl"), _URL_SCHEMA, url=True),
             ),
             "Burn subtitles into a clip: cues given inline, or an SRT file.",
         ),

@@ -510,8 +510,10 @@ class Engine:
         await self.get(execution_id, tenant=tenant)
         return await self.storage.deliveries(execution_id)
 
-    async def metrics(self) -> EngineMetrics:
-        counts = await self.storage.counts()
+    async def metrics(self, *, tenant: str | None = None) -> EngineMetrics:
+        """The store's executions by status and their success rate (of ``tenant`` only, if
+        given), with this process's counters (which are never per tenant)."""
+        counts = await self.storage.counts(tenant=tenant)
         ended = sum(counts.get(s, 0) for s in TERMINAL)
         stats = self.dispatch.stats()
         durations = sorted(self._durations)

@@ -112,8 +112,8 @@ class ExecutionRecords(Store, Protocol):
         """Every execution whose status is ``pending`` or ``processing``, oldest first."""
         ...
 
-    async def counts(self) -> dict[str, int]:
-        """How many executions are in each status."""
+    async def counts(self, *, tenant: str | None = None) -> dict[str, int]:
+        """How many executions are in each status (of one tenant, or of all)."""
         ...
 
 

@@ -1,7 +1,8 @@
 """What a submit asks for, normalised: the webhook, the idempotency fingerprint, new ids.
 
 The engine and the HTTP app (:mod:`contrib.asgi`) read a webhook the same way, through
-:func:`webhook_from`, so the rules (an absolute ``http(s)`` URL, a non-empty secret) are said once.
+:func:`webhook_from`, so the rules (an absolute ``http(s)`` URL; a secret of at least 16 bytes,
+or ``whsec_`` and the base64 of at least 24) are said once.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ from urllib.parse import urlsplit
 from engine.errors import PlanError, Problem
 from engine.models import Webhook
 from engine.plan import ExecutionPlan
+from engine.webhooks import secret_key
 
 #: The longest webhook URL and secret accepted.
 MAX_WEBHOOK_URL = 2048
 MAX_WEBHOOK_SECRET = 1024
+#: The shortest secret accepted, in UTF-8 bytes; a ``whsec_`` secret's key, in decoded bytes.
+MIN_WEBHOOK_SECRET = 16
+MIN_WHSEC_KEY = 24
+#: How to make a good secret, as the refusal says it.
+MAKE_SECRET = '"whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()'
+
 #: A webhook URL: http(s), then visible ASCII only (no spaces, no controls).
 WEBHOOK_URL_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$"
 _WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN)
@@ -49,12 +57,10 @@ def webhook_problems(raw: Any) -> tuple[Webhook | None, list[Problem]]:
                 f"{MAX_WEBHOOK_URL} characters",
             )
         )
-    if "secret" in raw and not (isinstance(secret, str) and 0 < len(secret) <= MAX_WEBHOOK_SECRET):
-        problems.append(
-            Problem(
-                None, "webhook.secret", f"must be a string of 1 to {MAX_WEBHOOK_SECRET} characters"
-            )
-        )
+    if "secret" in raw:
+        message = _secret_problem(secret)
+        if message is not None:
+            problems.append(Problem(None, "webhook.secret", message))
     if problems or not isinstance(url, str):
         return None, problems
     return Webhook(url, secret), []
@@ -69,6 +75,32 @@ def webhook_from(webhook: Webhook | Mapping[str, Any] | None) -> Webhook | None:
     if problems:
         raise PlanError(problems)
     return hook
+
+
+def _secret_problem(secret: Any) -> str | None:
+    """Why ``secret`` is refused (never quoting it), or ``None``: a short secret is guessed."""
+    make = f"make one with {MAKE_SECRET}"
+    if not isinstance(secret, str) or not 0 < len(secret) <= MAX_WEBHOOK_SECRET:
+        return (
+            f"must be a string of {MIN_WEBHOOK_SECRET} to {MAX_WEBHOOK_SECRET} characters; {make}"
+        )
+    if secret.startswith("whsec_"):
+        try:
+            key = secret_key(secret)
+        except ValueError as exc:
+            return f"{exc}; {make}"
+        if len(key) < MIN_WHSEC_KEY:
+            return (
+                f"a 'whsec_' secret must hold at least {MIN_WHSEC_KEY} bytes of base64, got "
+                f"{len(key)}; {make}"
+            )
+        return None
+    if len(secret.encode("utf-8")) < MIN_WEBHOOK_SECRET:
+        return (
+            f"is too short: at least {MIN_WEBHOOK_SECRET} bytes (or 'whsec_' and the base64 of at "
+            f"least {MIN_WHSEC_KEY}); {make}"
+        )
+    return None
 
 
 def _has_host(url: str) -> bool:

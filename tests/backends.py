@@ -210,8 +210,8 @@ class WatchedStorage:
     async def unfinished(self) -> list[Execution]:
         return await self._call(self.inner.unfinished())
 
-    async def counts(self) -> dict[str, int]:
-        return await self._call(self.inner.counts())
+    async def counts(self, *, tenant: str | None = None) -> dict[str, int]:
+        return await self._call(self.inner.counts(tenant=tenant))
 
 
 # --- engines on every backend --------------------------------------------------------------------

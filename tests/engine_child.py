@@ -76,7 +76,10 @@ async def main(args: argparse.Namespace) -> None:
     )
     async with engine:
         if args.webhook:
-            hook = {"url": args.webhook, "secret": "whsec_c2VjcmV0LWZvci10ZXN0cw=="}
+            hook = {
+                "url": args.webhook,
+                "secret": "whsec_c2VjcmV0LWZvci10ZXN0cy1vZi10aGlydHktdHdvLWI=",
+            }
             execution_id = await engine.submit(BASE, webhook=hook)
             print(f"ACK {execution_id}", flush=True)
             async for progress in engine.watch(execution_id):

@@ -28,6 +28,9 @@ LOOPBACK = ("127.0.0.0/8",)
 KEYS: Mapping[str, str] = {"key-alpha": "alpha", "key-beta": "beta"}
 ALPHA = {"Authorization": "Bearer key-alpha"}
 BETA = {"Authorization": "Bearer key-beta"}
+#: A key that reads the fleet-wide ``/metrics`` (``live_api(operator_keys=OPERATOR_KEYS)``).
+OPERATOR_KEYS = ("key-operator",)
+OPERATOR = {"Authorization": "Bearer key-operator"}
 
 
 class CountingApp:
@@ -102,6 +105,7 @@ async def live_api(
             engine = Engine.in_memory(provider=provider, notifier=used)
         else:
             engine = Engine.sqlite(str(db), provider=provider, notifier=used)
+    app_options.setdefault("operator_keys", OPERATOR_KEYS)
     async with engine:
         app = create_app(engine, api_keys=api_keys, **app_options)
         counting = CountingApp(app)

@@ -64,7 +64,7 @@ async def test_seed_example_1_base_once_variants_after_it_in_parallel() -> None:
             engine,
             base_execution_id=base.id,
             webhook_url="https://api.example.com/webhook/french",
-            webhook_secret="secret123",
+            webhook_secret="secret123-of-at-least-16-bytes",
         )
         es = await spanish.execute(engine, base_execution_id=base.id)
         base_video = await base.wait(timeout=10)
@@ -89,7 +89,7 @@ async def test_seed_example_1_base_once_variants_after_it_in_parallel() -> None:
     assert a.started_at < b.finished_at and b.started_at < a.finished_at
     assert [n.execution_id for n in notifier.deliveries].count(fr.id) == 1
     hooked = notifier.for_execution(fr.id)[0]
-    assert hooked.webhook is not None and hooked.webhook.secret == "secret123"
+    assert hooked.webhook is not None and hooked.webhook.secret == "secret123-of-at-least-16-bytes"
     assert hooked.payload["video"]["duration"] == fr_video.duration
 
 
@@ -117,7 +117,7 @@ async def test_seed_example_3_webhook_only() -> None:
     async with make_engine(FakeVideoProvider(), notifier=notifier) as engine:
         execution = await compose(
             generate_video(prompt="Long video"), lip_sync(audio_url="https://x.test/a.mp3")
-        ).execute(engine, webhook_url="https://api.example.com/hook", webhook_secret="s")
+        ).execute(engine, webhook_url="https://api.example.com/hook", webhook_secret="s" * 16)
         await execution.wait(timeout=5)
         with anyio.fail_after(5):
             [delivery] = await notifier.wait_for(1)

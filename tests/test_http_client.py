@@ -65,13 +65,13 @@ async def test_example_1_base_and_variants_with_webhooks(tmp_path: Path) -> None
             client,
             base_execution_id=base.id,
             webhook_url="https://api.example.com/webhook/french",
-            webhook_secret="secret123",
+            webhook_secret="secret123-of-at-least-16-bytes",
         )
         spanish = await compose(demo, lip_sync(audio_url=ES), add_subtitles(language="es")).execute(
             client,
             base_execution_id=base.id,
             webhook_url="https://api.example.com/webhook/spanish",
-            webhook_secret="secret123",
+            webhook_secret="secret123-of-at-least-16-bytes",
         )
         assert len({base.id, french.id, spanish.id}) == 3
         base_video = await base.wait(timeout=10)
@@ -100,7 +100,7 @@ async def test_example_1_base_and_variants_with_webhooks(tmp_path: Path) -> None
         assert hooks[base.id] is None
         french_hook, spanish_hook = hooks[french.id], hooks[spanish.id]
         assert french_hook is not None and french_hook.url.endswith("/french")
-        assert spanish_hook is not None and spanish_hook.secret == "secret123"
+        assert spanish_hook is not None and spanish_hook.secret == "secret123-of-at-least-16-bytes"
 
 
 async def test_example_2_callbacks_by_polling(tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ async def test_example_3_webhook_only_returns_at_once_and_never_polls(tmp_path: 
         execution = await pipeline.execute(
             client,
             webhook_url="https://api.example.com/webhook/complete",
-            webhook_secret="secret123",
+            webhook_secret="secret123-of-at-least-16-bytes",
         )
         assert execution.id.startswith("exec_") and execution.status == "pending"
         (delivery,) = await live.notifier.wait_for(1)

@@ -231,7 +231,13 @@ async def test_webhooks_carry_the_same_fetchable_links(tmp_path: Path) -> None:
     async with webhook_receiver() as receiver:
         notifier = ResultLinkNotifier(loopback_notifier(), links)
         async with served(tmp_path, links, notifier) as (live, client, _):
-            body = {**PLAN, "webhook": {"url": receiver.url, "secret": "whsec_c2VjcmV0LWJ5dGVz"}}
+            body = {
+                **PLAN,
+                "webhook": {
+                    "url": receiver.url,
+                    "secret": "whsec_c2VjcmV0LWJ5dGVzLW9mLWF0LWxlYXN0LTI0",
+                },
+            }
             execution_id = await submit(client, body)
             (arrived,) = await receiver.wait_for(1)
             payload = json.loads(arrived.body)
@@ -245,7 +251,9 @@ async def test_webhooks_carry_the_same_fetchable_links(tmp_path: Path) -> None:
                 assert response.status_code == 206 and len(response.content) == 100
             from engine.webhooks import verify_webhook
 
-            verify_webhook(arrived.body, arrived.headers, "whsec_c2VjcmV0LWJ5dGVz")
+            verify_webhook(
+                arrived.body, arrived.headers, "whsec_c2VjcmV0LWJ5dGVzLW9mLWF0LWxlYXN0LTI0"
+            )
 
 
 # --- what is shown for each kind of stored URL ---------------------------------------------------

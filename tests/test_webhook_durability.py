@@ -20,7 +20,7 @@ from adapters.sqlite import SqliteStorage
 from engine import Engine, ManualClock, compose, generate_video, verify_webhook
 
 CHILD = Path(__file__).with_name("engine_child.py")
-SECRET = "whsec_c2VjcmV0LWZvci10ZXN0cw=="
+SECRET = "whsec_c2VjcmV0LWZvci10ZXN0cy1vZi10aGlydHktdHdvLWI="
 
 
 class Receiver:

@@ -1,8 +1,13 @@
 """Turn an input URL (``file://`` or ``http(s)://``) into a local file, safely.
 
-- ``file://`` URLs are read in place, and only inside the directories the provider allows (its
-  output directory and ``input_dirs``): a plan from an HTTP client must not be able to burn
-  ``/etc/...`` into a video as subtitles.
+- ``file://`` URLs are read in place, and only inside the directories the provider allows: a plan
+  from an HTTP client must not be able to burn ``/etc/...`` into a video as subtitles. A URL a
+  plan *names* (``audioUrl``, ``srtUrl``: ``named=True``) is read only under ``input_dirs``, and
+  never under the provider's output directory or its scratch directories, even when an input dir
+  contains them: one execution's outputs reach another only as the engine's own inputs (its
+  ``dependsOn`` and base, ``JobRequest.inputs``), never by a path a tenant writes. Inputs
+  (``named=False``) are also read from the output directory. Symlinks are resolved first, so a
+  link inside an allowed directory that points outside it is refused.
 - ``http(s)://`` URLs are downloaded into the job's temporary directory, behind the same SSRF
   guard as webhooks (:func:`adapters.net.send_checked`): every address the host stands for must be
   public or inside ``allowed_networks``, and the request goes to the address that was checked.
@@ -48,17 +53,32 @@ class InputFetcher:
 
     client: httpx.AsyncClient | None
     allowed_networks: tuple[Network, ...]
+    #: Where inputs (``named=False``) may be read: the output directory and the input dirs.
     roots: tuple[Path, ...]
     max_bytes: int
     timeout: float
+    #: Where named URLs (``named=True``) may be read; ``None``: the same as ``roots``.
+    named_roots: tuple[Path, ...] | None = None
+    #: Never read by a named URL, even inside ``named_roots`` (the output directory).
+    unnamed_only: tuple[Path, ...] = ()
+    #: ``(directory, prefix)``: scratch directories (``directory/prefix*``) no named URL reads.
+    scratch: tuple[tuple[Path, str], ...] = ()
 
-    async def local_path(self, url: object, field: str, workdir: Path, stem: str) -> Path:
-        """A local file holding what ``url`` points at (``field`` names it in errors)."""
+    async def local_path(
+        self, url: object, field: str, workdir: Path, stem: str, *, named: bool = False
+    ) -> Path:
+        """A local file holding what ``url`` points at (``field`` names it in errors).
+
+        ``named``: the URL was written in a plan (a parameter), not handed over by the engine as
+        an input; see the module docstring for what it may read."""
         if not isinstance(url, str):
             raise ProviderError(f"{field} must be a URL string", retryable=False)
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError:
+            raise ProviderError(f"{field} is not a valid URL", retryable=False) from None
         if scheme == "file":
-            return await self._local_file(url, field)
+            return await self._local_file(url, field, named=named)
         if scheme in ("http", "https"):
             target = workdir / (stem + _suffix(url))
             await self._download(url, field, target)
@@ -68,24 +88,53 @@ class InputFetcher:
             retryable=False,
         )
 
-    async def _local_file(self, url: str, field: str) -> Path:
+    async def _local_file(self, url: str, field: str, *, named: bool) -> Path:
+        # Messages name the field and the reason, never a server path (not even the allowed
+        # directories): a tenant learns nothing of the server's file system from them.
         try:
             path = file_url_path(url)
-        except ValueError as exc:
-            raise ProviderError(f"{field}: {exc}", retryable=False) from None
+        except ValueError:
+            raise ProviderError(
+                f"{field}: not a local file:// URL (its host must be empty or localhost)",
+                retryable=False,
+            ) from None
         if not path.is_absolute():
             raise ProviderError(f"{field}: file:// URL path must be absolute", retryable=False)
-        resolved = Path(await anyio.to_thread.run_sync(lambda: path.resolve()))
-        if not any(resolved.is_relative_to(root) for root in self.roots):
-            shown = ", ".join(str(r) for r in self.roots)
+        try:
+            resolved = Path(await anyio.to_thread.run_sync(lambda: path.resolve()))
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
             raise ProviderError(
-                f"{field}: {path} is outside the directories this provider reads ({shown}); "
-                "list its directory in input_dirs to permit it",
+                f"{field}: the file:// URL names no readable file", retryable=False
+            ) from None
+        if not self._readable(resolved, named=named):
+            raise ProviderError(
+                f"{field}: the file:// URL is outside the directories this provider reads; "
+                + (
+                    "a plan may name local files only under the input directories (input_dirs), "
+                    "and another job's output only through dependsOn or the base execution"
+                    if named
+                    else "list its directory in input_dirs to permit it"
+                ),
                 retryable=False,
             )
         if not await anyio.Path(resolved).is_file():
-            raise ProviderError(f"{field}: input file {path} does not exist", retryable=False)
+            raise ProviderError(f"{field}: input file does not exist", retryable=False)
         return resolved
+
+    def _readable(self, resolved: Path, *, named: bool) -> bool:
+        if not named:
+            return any(resolved.is_relative_to(root) for root in self.roots)
+        roots = self.roots if self.named_roots is None else self.named_roots
+        if not any(resolved.is_relative_to(root) for root in roots):
+            return False
+        if any(resolved.is_relative_to(out) for out in self.unnamed_only):
+            return False
+        for directory, prefix in self.scratch:
+            if resolved.is_relative_to(directory):
+                parts = resolved.relative_to(directory).parts
+                if parts and parts[0].startswith(prefix):
+                    return False
+        return True
 
     async def _download(self, url: str, field: str, target: Path) -> None:
         try:

@@ -10,7 +10,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ from attrs import define, field
 
 from adapters.ffmpeg import commands
 from adapters.ffmpeg.commands import Encoding, ReframeMode, Transition
-from adapters.ffmpeg.fetch import InputFetcher, file_url_path
+from adapters.ffmpeg.fetch import InputFetcher
 from adapters.ffmpeg.probe import InvalidMedia, MediaInfo, aspect_label, probe
-from adapters.ffmpeg.process import FFmpegCommand, ffmpeg_exe, run_ffmpeg
+from adapters.ffmpeg.process import FFmpegCommand, FFmpegFailed, ffmpeg_exe, run_ffmpeg
 from adapters.ffmpeg.subtitles import Cue, cues_from_params, parse_srt, to_ass
 from adapters.net import Network, parse_networks
 from engine.catalogue import parse_aspect_ratio
@@ -35,6 +35,8 @@ DEFAULT_MAX_INPUT_BYTES = 200 * 1024 * 1024
 #: The longest frame side this provider makes (8K); more extreme aspect ratios are refused.
 MAX_FRAME_SIDE = 7680
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+#: How the names of the per-job scratch directories begin.
+_SCRATCH_PREFIX = "ffmpeg-job-"
 
 _Operation = Callable[["_Job"], Awaitable[str | None]]
 
@@ -92,9 +94,11 @@ class FFmpegVideoProvider:
     overwrites cleanly and a crash never leaves a half file under the final name. Scratch files
     live in a fresh directory under ``temp_dir`` (default: the system's), removed after each job.
 
-    Inputs: videos come as the ``file://`` URLs of earlier jobs; ``audioUrl``/``srtUrl`` may be
-    ``file://`` or ``http(s)://``. Local files are read only under ``output_dir`` and
-    ``input_dirs``; downloads go through ``client`` (default: a fresh ``httpx.AsyncClient`` that
+    Inputs: videos come as the ``file://`` URLs of earlier jobs (read under ``output_dir`` and
+    ``input_dirs``); ``audioUrl``/``srtUrl`` may be ``file://`` or ``http(s)://``, and their
+    local files are read only under ``input_dirs``, never under ``output_dir`` or the scratch
+    directories (another job's output is an input, through ``dependsOn``, never a path);
+    downloads go through ``client`` (default: a fresh ``httpx.AsyncClient`` that
     ignores proxy settings) behind the SSRF guard (``allowed_networks``), capped at
     ``max_input_bytes`` and ``fetch_timeout`` seconds. See :mod:`adapters.ffmpeg.fetch`.
 
@@ -103,7 +107,9 @@ class FFmpegVideoProvider:
     kept in ``last_command`` (its wall time, once done, in ``last_command_seconds``) and passed to
     ``on_command``, for debugging and benchmarks.
 
-    Errors are :class:`~engine.ProviderError` carrying FFmpeg's last stderr lines: not retryable
+    Errors are :class:`~engine.ProviderError` carrying FFmpeg's last stderr lines, with every
+    server path in them (scratch, output and input directories) replaced by ``<scratch>``,
+    ``<output>``, ``<input dir>`` or ``<temp>``, since they are shown to tenants: not retryable
     for bad input (missing file, not media, bad parameters), retryable for transient trouble
     (download timeouts, 5xx, a full disk, FFmpeg killed by a signal).
     """
@@ -153,12 +159,17 @@ class FFmpegVideoProvider:
         self._encoding = Encoding(
             fps=self.fps, preset=self.preset, crf=self.crf, threads=self.threads
         )
+        inputs = tuple(d.resolve() for d in self.input_dirs)
+        scratch_root = Path(self.temp_dir or tempfile.gettempdir()).resolve()
         self._fetcher = InputFetcher(
             client=self.client,
             allowed_networks=self.allowed_networks,
-            roots=(self.output_dir.resolve(), *(d.resolve() for d in self.input_dirs)),
+            roots=(self.output_dir.resolve(), *inputs),
             max_bytes=self.max_input_bytes,
             timeout=self.fetch_timeout,
+            named_roots=inputs,
+            unnamed_only=(self.output_dir.resolve(),),
+            scratch=((scratch_root, _SCRATCH_PREFIX),),
         )
         self._operations = {
             "generate": self._generate,
@@ -187,15 +198,24 @@ class FFmpegVideoProvider:
         temp_root = self.temp_dir
         if temp_root is not None:
             await anyio.Path(temp_root).mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="ffmpeg-job-", dir=temp_root))
+        workdir = Path(tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=temp_root))
         partial = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
         job = _Job(request, workdir, partial)
         try:
             expected = await operation(job)
             info = await self._probe(partial, "the output")
             if not info.has_video or info.width is None or info.height is None:
-                raise ProviderError("FFmpeg wrote an output without a video stream")
+                raise ProviderError("FFmpeg wrote an output without a video stream")  # noqa: TRY301
             os.replace(partial, final)
+        except ProviderError as exc:
+            # The message is stored as the job's error and shown to the tenant: no server path
+            # in it (scratch files, the output directory, the input directories).
+            _hide_paths(exc, self._server_paths(workdir))
+            raise
+        except OSError as exc:  # a full disk, a vanished directory: worth a retry
+            error = ProviderError(f"{type(exc).__name__}: {exc}")
+            _hide_paths(error, self._server_paths(workdir))
+            raise error from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             partial.unlink(missing_ok=True)
@@ -206,6 +226,19 @@ class FFmpegVideoProvider:
             width=info.width,
             height=info.height,
         )
+
+    def _server_paths(self, workdir: Path) -> list[tuple[str, str]]:
+        """``(path, shown as)`` for each server directory an error message must not show."""
+        found: list[tuple[Path, str]] = [(workdir, "<scratch>"), (self.output_dir, "<output>")]
+        found += [(d, "<input dir>") for d in self.input_dirs]
+        if self.temp_dir is not None:
+            found.append((self.temp_dir, "<temp>"))
+        pairs: dict[str, str] = {}
+        for path, shown in found:
+            for spelling in (str(path), str(path.resolve())):
+                pairs.setdefault(spelling, shown)
+        # Longest first: a scratch directory inside the temp directory is shown as <scratch>.
+        return sorted(pairs.items(), key=lambda pair: len(pair[0]), reverse=True)
 
     def output_path(self, idempotency_key: str) -> Path:
         """Where the output of the job with this idempotency key goes."""
@@ -298,10 +331,10 @@ class FFmpegVideoProvider:
         url = job.request.params.get("audioUrl")
         if not isinstance(url, str):
             raise ProviderError("lipSync needs an audioUrl", retryable=False)
-        audio = await self._fetcher.local_path(url, "audioUrl", job.workdir, "audio")
+        audio = await self._fetcher.local_path(url, "audioUrl", job.workdir, "audio", named=True)
         sound = await self._probe(audio, "audioUrl")
         if not sound.has_audio:
-            raise InvalidMedia(f"audioUrl: {_shown(url)} holds no audio stream")
+            raise InvalidMedia("audioUrl: the file holds no audio stream")
         command = commands.lip_sync_command(
             self._exe,
             self._encoding,
@@ -321,7 +354,7 @@ class FFmpegVideoProvider:
             cues = cues_from_params(params["cues"])
         elif params.get("srtUrl"):
             srt = await self._fetcher.local_path(
-                params["srtUrl"], "srtUrl", job.workdir, "subtitles"
+                params["srtUrl"], "srtUrl", job.workdir, "subtitles", named=True
             )
             data = await anyio.Path(srt).read_bytes()
             try:
@@ -387,7 +420,7 @@ class FFmpegVideoProvider:
         path = await self._fetcher.local_path(url, what, job.workdir, f"input-{index}")
         info = await self._probe(path, what)
         if not info.has_video or info.width is None or info.height is None:
-            raise InvalidMedia(f"{what}: {_shown(url)} holds no video stream")
+            raise InvalidMedia(f"{what}: the file holds no video stream")
         return info
 
     async def _probe(self, path: Path, what: str) -> MediaInfo:
@@ -437,9 +470,17 @@ def _safe_name(part: str) -> str:
     return f"{cleaned.lstrip('.') or 'job'}-{digest}"
 
 
-def _shown(url: Any) -> str:
-    text = str(url)
-    try:
-        return str(file_url_path(text))
-    except ValueError:
-        return text.split("?", 1)[0]
+def _hide_paths(exc: ProviderError, paths: Sequence[tuple[str, str]]) -> None:
+    """Rewrite ``exc``'s message (and FFmpeg's stderr it carries) with each server path shown as
+    its placeholder. Paths are long absolute names, so this never touches unrelated text."""
+
+    def hidden(text: str) -> str:
+        for path, shown in paths:
+            if len(path) > 1:
+                text = text.replace(path, shown)
+        return text
+
+    exc.message = hidden(exc.message)
+    exc.args = (exc.message, *exc.args[1:])
+    if isinstance(exc, FFmpegFailed):
+        exc.stderr = hidden(exc.stderr)

@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 import random
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -196,7 +197,7 @@ class HttpNotifier:
                 attempt=number,
                 at=at,
                 status_code=last.status_code,
-                error=last.error,
+                error=_without_userinfo_in(last.error),
                 latency=latency,
                 outcome=outcome,
                 retry_at=retry_at,
@@ -212,7 +213,7 @@ class HttpNotifier:
             delivered=outcome == "delivered",
             attempts=number,
             status_code=last.status_code,
-            error=last.error,
+            error=_without_userinfo_in(last.error),
         )
 
     def _jittered(self, delay: float) -> float:
@@ -326,6 +327,17 @@ class HttpNotifier:
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
+
+
+#: ``scheme://`` and the userinfo of a URL's authority, anywhere in a text.
+_USERINFO_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s]*@")
+
+
+def _without_userinfo_in(text: str | None) -> str | None:
+    """An error text with the userinfo of any URL in it removed. The secret is never in one:
+    it is used only as the HMAC key of the signature headers, and no error text quotes it (a bad
+    ``whsec_`` secret's message does not)."""
+    return None if text is None else _USERINFO_IN_TEXT.sub(r"\1", text)
 
 
 def _without_credentials(url: str) -> str:

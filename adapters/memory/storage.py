@@ -82,6 +82,7 @@ class MemoryStorage:
         factory=dict, init=False
     )
     _counts: Counter[str] = field(factory=Counter, init=False)
+    _tenant_counts: Counter[tuple[str | None, str]] = field(factory=Counter, init=False)
     _job_ids: dict[str, frozenset[str]] = field(factory=dict, init=False)
     # Creation order, for "oldest first".
     _seq: dict[str, int] = field(factory=dict, init=False)
@@ -139,6 +140,7 @@ class MemoryStorage:
         self._job_ids[execution_id] = frozenset(job.id for job in execution.jobs)
         self._seq[execution_id] = len(self._seq)
         self._counts[execution.status] += 1
+        self._tenant_counts[execution.tenant, execution.status] += 1
         unfinished = execution.status in _UNFINISHED
         if unfinished:
             self._open.add(execution_id)
@@ -241,6 +243,8 @@ class MemoryStorage:
         before, after = execution.status, change.status
         self._counts[before] -= 1
         self._counts[after] += 1
+        self._tenant_counts[execution.tenant, before] -= 1
+        self._tenant_counts[execution.tenant, after] += 1
         if (before in _UNFINISHED) != (after in _UNFINISHED):
             self._reopen(execution_id, after in _UNFINISHED)
         self._executions[execution_id] = attrs.evolve(
@@ -421,8 +425,10 @@ class MemoryStorage:
     async def unfinished(self) -> list[Execution]:
         return [self._snapshot(i) for i in sorted(self._open, key=self._seq.__getitem__)]
 
-    async def counts(self) -> dict[str, int]:
-        return {status: n for status, n in self._counts.items() if n}
+    async def counts(self, *, tenant: str | None = None) -> dict[str, int]:
+        if tenant is None:
+            return {status: n for status, n in self._counts.items() if n}
+        return {status: n for (t, status), n in self._tenant_counts.items() if n and t == tenant}
 
     async def deliveries(self, execution_id: str) -> list[DeliveryAttempt]:
         return list(self._deliveries.get(execution_id, ()))
@@ -440,6 +446,7 @@ class MemoryStorage:
         self._pending.clear()
         self._idempotency.clear()
         self._counts.clear()
+        self._tenant_counts.clear()
         self._job_ids.clear()
         self._seq.clear()
         self._open.clear()

@@ -92,6 +92,8 @@ RELEASE_ALL = """
 """
 RELEASE_ONE = "UPDATE executions SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?"
 SELECT_COUNTS = "SELECT status, n FROM execution_counts WHERE n != 0"
+#: One tenant's, counted from its rows (a scan: no index keys on the tenant alone).
+SELECT_COUNTS_OF_TENANT = "SELECT status, count(*) FROM executions WHERE tenant = ? GROUP BY status"
 
 # --- the webhook outbox (schema version 3) ---
 # Every outbox statement ends with the event id and the execution id, in that order.

@@ -224,8 +224,12 @@ class SqliteStorage:
         # A backlog of many executions takes seconds to decode: keep the event loop responsive.
         return await anyio.to_thread.run_sync(rows.assemble, found)
 
-    async def counts(self) -> dict[str, int]:
-        return {str(status): int(n) for status, n in await self._read(statements.SELECT_COUNTS, ())}
+    async def counts(self, *, tenant: str | None = None) -> dict[str, int]:
+        if tenant is None:
+            found = await self._read(statements.SELECT_COUNTS, ())
+        else:
+            found = await self._read(statements.SELECT_COUNTS_OF_TENANT, (tenant,))
+        return {str(status): int(n) for status, n in found}
 
     async def holders(self) -> dict[str, float]:
         found = await self._read(statements.SELECT_HOLDERS, ())
