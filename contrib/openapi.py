@@ -13,7 +13,12 @@ from typing import Any, get_args
 from contrib.problems import KINDS, MEDIA_TYPE
 from engine.catalogue import CUE_SCHEMA, MAX_ID_LENGTH, MAX_JOBS, OPERATIONS, OperationSpec
 from engine.models import ExecutionStatus
-from engine.requests import MAX_WEBHOOK_SECRET, MAX_WEBHOOK_URL, WEBHOOK_URL_PATTERN
+from engine.requests import (
+    MAX_WEBHOOK_SECRET,
+    MAX_WEBHOOK_URL,
+    MIN_WEBHOOK_SECRET,
+    WEBHOOK_URL_PATTERN,
+)
 
 #: What the app puts on what the engine itself does not bound.
 IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
@@ -79,7 +84,11 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "url": {"type": "string", "maxLength": MAX_WEBHOOK_URL, "pattern": WEBHOOK_URL_PATTERN},
-            "secret": {"type": "string", "minLength": 1, "maxLength": MAX_WEBHOOK_SECRET},
+            "secret": {
+                "type": "string",
+                "minLength": MIN_WEBHOOK_SECRET,
+                "maxLength": MAX_WEBHOOK_SECRET,
+            },
         },
     },
     "ExecuteRequest": {

@@ -42,7 +42,7 @@ PLAN = {"jobs": [{"id": "job1", "type": "generate", "params": {"prompt": "x"}}]}
 def _submit(client: httpx.Client, key: str, webhook: str | None = None) -> str:
     body: dict[str, Any] = dict(PLAN)
     if webhook is not None:
-        body["webhook"] = {"url": webhook, "secret": "never-shown"}
+        body["webhook"] = {"url": webhook, "secret": "never-shown-to-anyone"}
     response = client.post("/api/execute", json=body, headers={"Authorization": f"Bearer {key}"})
     response.raise_for_status()
     execution_id: str = response.json()["executionId"]
@@ -81,7 +81,9 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         portal.wrap_async_context_manager(webhook_receiver([200])) as accepting,
         portal.wrap_async_context_manager(webhook_receiver([500])) as refusing,
         portal.wrap_async_context_manager(
-            live_api(db, rate_limit=None, http_notifier=loopback_notifier((0, 0, 0)))
+            live_api(
+                db, rate_limit=None, auth_failures=None, http_notifier=loopback_notifier((0, 0, 0))
+            )
         ) as live,
         httpx.Client(base_url=live.url) as client,
     ):
