@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import psycopg
 from attrs import define, field
 from psycopg import errors as pg_errors
@@ -558,14 +559,18 @@ class PostgresBoard:
                     continue
                 self._writing = True
                 try:
-                    batch: list[_Pending] = []
-                    count = 0
-                    while self._queue and (not batch or count < MAX_GROUP):
-                        item = self._queue.popleft()
-                        item.taken = True
-                        batch.append(item)
-                        count += len(item.results)
                     with anyio.CancelScope(shield=True):
+                        # Let the callers already scheduled (the other jobs of a claimed batch,
+                        # finishing in this same loop iteration) queue up first: one
+                        # transaction for all of them rather than one for the first alone.
+                        await anyio.lowlevel.checkpoint()
+                        batch: list[_Pending] = []
+                        count = 0
+                        while self._queue and (not batch or count < MAX_GROUP):
+                            item = self._queue.popleft()
+                            item.taken = True
+                            batch.append(item)
+                            count += len(item.results)
                         await self._write_batch(batch)
                 finally:
                     self._writing = False
