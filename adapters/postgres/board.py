@@ -615,7 +615,7 @@ class PostgresBoard:
         owner: dict[tuple[str, str, str], int] = {}
         claims: dict[tuple[str, str, str], Claim] = {}
         refused: dict[int, list[Claim]] = {}
-        e_ids, j_ids, tokens, videos = [], [], [], []
+        rows: list[list[Any]] = []
         for index, item in enumerate(batch):
             for claim, video in item.results:
                 key = (claim.request.execution_id, claim.request.job_id, claim.token)
@@ -624,11 +624,8 @@ class PostgresBoard:
                     continue
                 owner[key] = index
                 claims[key] = claim
-                e_ids.append(key[0])
-                j_ids.append(key[1])
-                tokens.append(key[2])
-                videos.append(_dumps(wire.to_json(video)))
-        cur = await conn.execute(q["COMPLETE_JOBS"], (e_ids, j_ids, tokens, videos, now))
+                rows.append([*key, wire.to_json(video)])
+        cur = await conn.execute(q["COMPLETE_JOBS"], (_dumps(rows), now))
         accepted = await cur.fetchall()
         done_keys = {(e, j, t) for e, j, t, _ in accepted}
         for key, index in owner.items():
@@ -638,12 +635,10 @@ class PostgresBoard:
         ended: list[tuple[int, Ending]] = []
         finals = [(e, j, t) for e, j, t, final in accepted if final]
         if finals:
-            video_of = {
-                (e, j, t): v for e, j, t, v in zip(e_ids, j_ids, tokens, videos, strict=True)
-            }
+            video_of = {(e, j, t): v for e, j, t, v in rows}
             cur = await conn.execute(
                 q["COMPLETE_EXECUTIONS"],
-                (now, [k[0] for k in finals], [video_of[k] for k in finals]),
+                (now, [k[0] for k in finals], [_dumps(video_of[k]) for k in finals]),
             )
             index_of = {k[0]: owner[k] for k in finals}
             for (
