@@ -871,28 +871,31 @@ def report(results: Sequence[Result], notes: Sequence[str], executions: int, job
         f"videoflow: {executions:,} five-job executions ({executions * 5:,} jobs); peers and "
         f"floor: {jobs:,} no-op jobs unless the row says otherwise"
     )
+    print(f"{'':54} | {'CPU, cores':^21} | {'us CPU/job':^13} |")
     print(
-        f"{'':46} {'jobs/s':>7} | {'pg':>5} {'clients':>7} {'machine':>7} cores"
-        f" | {'pg':>4} {'clients':>7} us CPU/job"
+        f"{'':46} {'jobs/s':>7} | {'pg':>5} {'clients':>7} {'machine':>7} | {'pg':>5} "
+        f"{'clients':>7} |"
     )
     for r in results:
         cpu, per_job = r.cpu, r.cpu_per_job()
-        cores = f"{cpu.ours:5.2f} {cpu.clients:7.2f} {cpu.machine:7.2f}      " if cpu else " " * 27
-        costs = f"{per_job[0]:4.0f} {per_job[1]:7.0f}" if per_job else ""
+        cores = f"{cpu.ours:5.2f} {cpu.clients:7.2f} {cpu.machine:7.2f}" if cpu else " " * 21
+        costs = f"{per_job[0]:5.0f} {per_job[1]:7.0f}" if per_job else " " * 13
         extra = (
-            f"  {r.jobs:,} jobs" if r.jobs != jobs and not r.name.startswith("videoflow") else ""
+            f", {r.jobs:,} jobs" if r.jobs != jobs and not r.name.startswith("videoflow") else ""
         )
-        print(f"{r.name:46} {r.rate:7,.0f} | {cores} | {costs}           {r.note}{extra}")
+        print(f"{r.name:46} {r.rate:7,.0f} | {cores} | {costs} | {r.note}{extra}")
     print(
         f"(cores: of the machine's {os.cpu_count()}; 'pg' is the measured backends plus the "
         "server's background processes, 'machine' includes everything else running)"
     )
     if ours and others:
         print()
-        print("ratios, videoflow jobs/s / the other's jobs/s:")
+        print(
+            "videoflow's jobs/s over the other's, with (columns) "
+            + ", ".join(r.name.removeprefix("videoflow, ") for r in ours)
+        )
         for o in others:
-            print(f"  vs {o.name:42} " + "  ".join(f"{r.rate / o.rate:6.1f}x" for r in ours))
-        print(f"  {'(columns: ' + ', '.join(r.name for r in ours) + ')'}")
+            print(f"  over {o.name:42} " + " ".join(f"{r.rate / o.rate:7.1f}x" for r in ours))
     two = [r for r in ours if "2 worker" in r.name]
     if two:
         verdict = "met" if two[0].rate >= 5000 else "NOT met"
