@@ -123,11 +123,22 @@ def scalar(dsn: str, query: str) -> Any:
         return None if row is None else row[0]
 
 
-def wait_for(dsn: str, query: str, target: int, *, timeout: float, poll: float = 0.1) -> None:
-    """Poll ``query`` (a count) until it reaches ``target``; fail clearly after ``timeout``."""
+def wait_for(
+    dsn: str,
+    query: str,
+    target: int,
+    *,
+    timeout: float,
+    poll: float = 0.1,
+    alive: tuple[Sequence[subprocess.Popen[bytes]], Path] | None = None,
+) -> None:
+    """Poll ``query`` (a count) on one connection until it reaches ``target``; fail clearly
+    after ``timeout`` or when one of the ``alive`` processes exited (with their logs)."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
+            if alive is not None:
+                check_alive(*alive)
             row = conn.execute(query).fetchone()
             count = 0 if row is None else int(row[0])
             if count >= target:
@@ -233,6 +244,13 @@ class Result:
         if self.cpu is None:
             return None
         return self.cpu.ours / self.rate * 1e6, self.cpu.clients / self.rate * 1e6
+
+    def per_cpu_second(self) -> float | None:
+        """Jobs per CPU-second spent by PostgreSQL and the clients: what a machine of one's
+        own would do per core, less sensitive to other load than jobs/s."""
+        if self.cpu is None or self.cpu.ours + self.cpu.clients <= 0:
+            return None
+        return self.rate / (self.cpu.ours + self.cpu.clients)
 
 
 def cpu_text(cpu: CpuShare | None) -> str:
@@ -341,17 +359,13 @@ def videoflow_run(
             )
             meter.start()
             spies = [] if profile is None else start_profiles(procs, profile, workers)
-            deadline = time.monotonic() + 60 + jobs / 50
-            while True:
-                check_alive(procs, logs)
-                done = scalar(
-                    dsn, f"SELECT count(*) FROM {q}.executions WHERE status = 'completed'"
-                )
-                if done >= executions:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"videoflow: {done}/{executions} executions completed")
-                time.sleep(0.1)
+            wait_for(
+                dsn,
+                f"SELECT count(*) FROM {q}.executions WHERE status = 'completed'",
+                executions,
+                timeout=60 + jobs / 50,
+                alive=(procs, logs),
+            )
             cpu = meter.stop()
             stop_profiles(spies)
         first, last, completed = scalar_row(
@@ -586,18 +600,13 @@ def procrastinate_run(dsn: str, jobs: int, workers: int, logs: Path) -> Result |
                 poll=0.01,
             )
             meter.start()
-            deadline = time.monotonic() + 60 + jobs / 20
-            while True:
-                check_alive(procs, logs)
-                done = scalar(
-                    dsn,
-                    f"SELECT count(*) FROM {q}.procrastinate_jobs WHERE status = 'succeeded'",
-                )
-                if done >= jobs:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"procrastinate: {done}/{jobs} jobs succeeded")
-                time.sleep(0.1)
+            wait_for(
+                dsn,
+                f"SELECT count(*) FROM {q}.procrastinate_jobs WHERE status = 'succeeded'",
+                jobs,
+                timeout=60 + jobs / 20,
+                alive=(procs, logs),
+            )
             cpu = meter.stop()
         seconds = scalar(
             dsn,
@@ -716,17 +725,13 @@ def pgboss_run(
                 poll=0.01,
             )
             meter.start()
-            deadline = time.monotonic() + 60 + jobs / 10
-            while True:
-                check_alive(procs, logs)
-                done = scalar(
-                    dsn, f"SELECT count(*) FROM {q}.job WHERE name = 'noop' AND state = 'completed'"
-                )
-                if done >= jobs:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"pg-boss: {done}/{jobs} jobs completed")
-                time.sleep(0.1)
+            wait_for(
+                dsn,
+                f"SELECT count(*) FROM {q}.job WHERE name = 'noop' AND state = 'completed'",
+                jobs,
+                timeout=60 + jobs / 10,
+                alive=(procs, logs),
+            )
             cpu = meter.stop()
         seconds = scalar(
             dsn,
@@ -871,10 +876,10 @@ def report(results: Sequence[Result], notes: Sequence[str], executions: int, job
         f"videoflow: {executions:,} five-job executions ({executions * 5:,} jobs); peers and "
         f"floor: {jobs:,} no-op jobs unless the row says otherwise"
     )
-    print(f"{'':54} | {'CPU, cores':^21} | {'us CPU/job':^13} |")
+    print(f"{'':54} | {'CPU, cores':^21} | {'us CPU/job':^13} | {'jobs per':>8} |")
     print(
         f"{'':46} {'jobs/s':>7} | {'pg':>5} {'clients':>7} {'machine':>7} | {'pg':>5} "
-        f"{'clients':>7} |"
+        f"{'clients':>7} | {'CPU-s':>8} |"
     )
     for r in results:
         cpu, per_job = r.cpu, r.cpu_per_job()
@@ -883,7 +888,9 @@ def report(results: Sequence[Result], notes: Sequence[str], executions: int, job
         extra = (
             f", {r.jobs:,} jobs" if r.jobs != jobs and not r.name.startswith("videoflow") else ""
         )
-        print(f"{r.name:46} {r.rate:7,.0f} | {cores} | {costs} | {r.note}{extra}")
+        efficiency = r.per_cpu_second()
+        per_s = f"{efficiency:8,.0f}" if efficiency else " " * 8
+        print(f"{r.name:46} {r.rate:7,.0f} | {cores} | {costs} | {per_s} | {r.note}{extra}")
     print(
         f"(cores: of the machine's {os.cpu_count()}; 'pg' is the measured backends plus the "
         "server's background processes, 'machine' includes everything else running)"
@@ -896,6 +903,15 @@ def report(results: Sequence[Result], notes: Sequence[str], executions: int, job
         )
         for o in others:
             print(f"  over {o.name:42} " + " ".join(f"{r.rate / o.rate:7.1f}x" for r in ours))
+        print(
+            "the same per CPU-second (PostgreSQL's and the clients'), less sensitive to other load:"
+        )
+        for o in others:
+            oe = o.per_cpu_second()
+            cells = [
+                f"{e / oe:7.1f}x" if (e := r.per_cpu_second()) and oe else "      -" for r in ours
+            ]
+            print(f"  over {o.name:42} " + " ".join(cells))
     two = [r for r in ours if "2 worker" in r.name]
     if two:
         verdict = "met" if two[0].rate >= 5000 else "NOT met"
