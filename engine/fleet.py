@@ -53,6 +53,9 @@ log = logging.getLogger("engine")
 #: Seconds between tries to write an outcome while the database cannot be reached.
 _REPORT_BACKOFF = (0.05, 0.2, 0.5, 1.0, 2.0)
 
+#: The longest the claimer waits for outcomes being written before it claims anyway (seconds).
+_DEFER_CLAIM = 0.05
+
 
 class BoardDispatch:
     """See the module docstring."""
@@ -101,6 +104,8 @@ class BoardDispatch:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._running: dict[JobRef, anyio.CancelScope] = {}
         self._wake = anyio.Event()
+        self._reporting = 0  # jobs whose provider call returned, outcome not yet written
+        self._reported = anyio.Event()  # set when _reporting falls to 0
         self._counters = {
             "attempts": 0,
             "retries": 0,
@@ -244,9 +249,19 @@ class BoardDispatch:
         """Claim as many ready jobs as there are free workers; run each in its own task."""
         assert self._task_group is not None
         task_group = self._task_group
+        deferred = False
         while not self._draining:
             free = self.concurrency - len(self._running)
             claims: list[Claim] = []
+            if 0 < free <= self._reporting and not deferred:
+                # At least as many slots free up when the outcomes being written commit (group
+                # commit: usually one transaction): wait for it, once, and claim for all of them
+                # in one transaction rather than a few jobs now and the rest just after.
+                deferred = True
+                with anyio.move_on_after(_DEFER_CLAIM):
+                    await self._reported.wait()
+                continue
+            deferred = False
             if free > 0:
                 self._wake = anyio.Event()
                 try:
@@ -282,11 +297,19 @@ class BoardDispatch:
                     outcome = exc
             if scope.cancelled_caught:
                 return  # cancelled here, or handed to another engine: its outcome is not ours
-            if outcome is None:
-                assert video is not None
-                await self._report_completion(claim, video)
-            else:
-                await self._report_failure(claim, outcome)
+            if not self._reporting:
+                self._reported = anyio.Event()
+            self._reporting += 1
+            try:
+                if outcome is None:
+                    assert video is not None
+                    await self._report_completion(claim, video)
+                else:
+                    await self._report_failure(claim, outcome)
+            finally:
+                self._reporting -= 1
+                if not self._reporting:
+                    self._reported.set()
         finally:
             self._running.pop(ref, None)
             self._wake.set()

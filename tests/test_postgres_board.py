@@ -161,7 +161,9 @@ async def test_group_commit_shares_transactions_between_concurrent_callers(
         for claim in claims:
             tg.start_soon(one, claim)
     assert sorted(ended) == sorted(f"e{n}" for n in range(count))
-    assert board.complete_transactions < count
+    # Callers that start together (a claimed batch finishing at once) share one transaction:
+    # the writer lets the already scheduled callers queue up before it takes the batch.
+    assert board.complete_transactions == 1
     assert await board.counts() == {"completed": count}
 
 

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 from pg_support import DSN, needs_postgres
 
@@ -213,6 +214,44 @@ async def test_idempotent_submits_from_two_nodes_make_one_execution(schema: str)
             [lambda e=e: e.submit(plan, idempotency_key="k1") for e in (one, two, one, two)]
         )
     assert len(set(ids)) == 1
+
+
+class InstantProvider:
+    async def run(self, request: JobRequest) -> Video:
+        return Video("https://cdn.example.com/v.mp4", 3.0, "16:9", 1280, 720)
+
+
+async def test_a_busy_worker_claims_in_full_batches(schema: str) -> None:
+    """Instant jobs: slots free up a whole claimed batch at a time (one group commit), and the
+    claimer waits for outcomes being written rather than claiming a job or two per transaction
+    for each straggler. Jobs claimed together share their ``started_at`` (the claim's time)."""
+    concurrency, executions = 64, 200
+    async with engines(schema, {"concurrency": 0}) as (api,):
+        for _ in range(executions):
+            await PRODUCT_DEMO.execute(api)
+    worker = {"provider": InstantProvider(), "concurrency": concurrency}
+    async with (
+        engines(schema, worker),
+        await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn,
+    ):
+        with anyio.fail_after(60):
+            while True:
+                cur = await conn.execute(
+                    f'SELECT count(*) FROM "{schema}".executions WHERE status = %s',
+                    ("completed",),
+                )
+                row = await cur.fetchone()
+                if row is not None and row[0] == executions:
+                    break
+                await anyio.sleep(0.05)
+        cur = await conn.execute(
+            f'SELECT count(DISTINCT started_at), count(*) FROM "{schema}".jobs'
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    claims, jobs = row
+    assert jobs == executions * 4
+    assert jobs / claims >= concurrency / 2, f"{jobs} jobs in {claims} claims"
 
 
 async def test_options_that_need_a_board_are_refused_elsewhere() -> None:

@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import psycopg
 from attrs import define, field
 from psycopg import errors as pg_errors
@@ -561,14 +562,18 @@ class PostgresBoard:
                     continue
                 self._writing = True
                 try:
-                    batch: list[_Pending] = []
-                    count = 0
-                    while self._queue and (not batch or count < MAX_GROUP):
-                        item = self._queue.popleft()
-                        item.taken = True
-                        batch.append(item)
-                        count += len(item.results)
                     with anyio.CancelScope(shield=True):
+                        # Let the callers already scheduled (the other jobs of a claimed batch,
+                        # finishing in this same loop iteration) queue up first: one
+                        # transaction for all of them rather than one for the first alone.
+                        await anyio.lowlevel.checkpoint()
+                        batch: list[_Pending] = []
+                        count = 0
+                        while self._queue and (not batch or count < MAX_GROUP):
+                            item = self._queue.popleft()
+                            item.taken = True
+                            batch.append(item)
+                            count += len(item.results)
                         await self._write_batch(batch)
                 finally:
                     self._writing = False
@@ -613,7 +618,7 @@ class PostgresBoard:
         owner: dict[tuple[str, str, str], int] = {}
         claims: dict[tuple[str, str, str], Claim] = {}
         refused: dict[int, list[Claim]] = {}
-        e_ids, j_ids, tokens, videos = [], [], [], []
+        rows: list[list[Any]] = []
         for index, item in enumerate(batch):
             for claim, video in item.results:
                 key = (claim.request.execution_id, claim.request.job_id, claim.token)
@@ -622,11 +627,8 @@ class PostgresBoard:
                     continue
                 owner[key] = index
                 claims[key] = claim
-                e_ids.append(key[0])
-                j_ids.append(key[1])
-                tokens.append(key[2])
-                videos.append(_dumps(wire.to_json(video)))
-        cur = await conn.execute(q["COMPLETE_JOBS"], (e_ids, j_ids, tokens, videos, now))
+                rows.append([*key, wire.to_json(video)])
+        cur = await conn.execute(q["COMPLETE_JOBS"], (_dumps(rows), now))
         accepted = await cur.fetchall()
         done_keys = {(e, j, t) for e, j, t, _ in accepted}
         for key, index in owner.items():
@@ -636,12 +638,10 @@ class PostgresBoard:
         ended: list[tuple[int, Ending]] = []
         finals = [(e, j, t) for e, j, t, final in accepted if final]
         if finals:
-            video_of = {
-                (e, j, t): v for e, j, t, v in zip(e_ids, j_ids, tokens, videos, strict=True)
-            }
+            video_of = {(e, j, t): v for e, j, t, v in rows}
             cur = await conn.execute(
                 q["COMPLETE_EXECUTIONS"],
-                (now, [k[0] for k in finals], [video_of[k] for k in finals]),
+                (now, [k[0] for k in finals], [_dumps(video_of[k]) for k in finals]),
             )
             index_of = {k[0]: owner[k] for k in finals}
             for (

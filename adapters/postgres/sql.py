@@ -121,10 +121,12 @@ CLAIM = """
 
 # Fenced on the claim token: a job rescued, handed back, cancelled or claimed again since has
 # another token (or none) and is not touched.
+# The batch is one JSON array of [execution_id, job_id, token, result] (one string to send:
+# cheaper for the client than four text arrays, whose elements psycopg quotes one by one).
 COMPLETE_JOBS = """
     WITH b AS (
-        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
-            AS b(execution_id, job_id, token, result)
+        SELECT r->>0 AS execution_id, r->>1 AS job_id, r->>2 AS token, r->3 AS result
+        FROM jsonb_array_elements(%s::jsonb) AS r
     ), locked AS (
         SELECT j.execution_id, j.job_id, b.token, b.result, j.job_id = e.final_job AS final
         FROM {s}.jobs AS j
@@ -135,7 +137,7 @@ COMPLETE_JOBS = """
         FOR UPDATE OF j
     )
     UPDATE {s}.jobs AS j
-    SET status = 'completed', result = locked.result::jsonb, error = NULL,
+    SET status = 'completed', result = locked.result, error = NULL,
         finished_at = %s, claimed_by = NULL, claim_token = NULL
     FROM locked
     WHERE j.execution_id = locked.execution_id AND j.job_id = locked.job_id
