@@ -540,7 +540,7 @@ def _procrastinate_app(dsn: str, schema: str, pool_max: int) -> Any:
     )
     app = procrastinate.App(connector=connector)
 
-    @app.task(name="noop")
+    @app.task(name="noop")  # type: ignore[untyped-decorator, unused-ignore]
     async def noop() -> None:
         return None
 
