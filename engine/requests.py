@@ -8,8 +8,8 @@ or ``whsec_`` and the base64 of at least 24) are said once.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import secrets
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -123,7 +123,7 @@ def fingerprint(plan: ExecutionPlan, base: str | None, webhook: Webhook | None) 
 
 
 def new_execution_id() -> str:
-    return f"exec_{secrets.token_hex(10)}"
+    return f"exec_{os.urandom(10).hex()}"  # secrets.token_hex, less two calls
 
 
 def event_id(execution_id: str, generation: int) -> str:

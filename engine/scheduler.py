@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
 from attrs import define, field, frozen
@@ -90,6 +90,14 @@ class PlanShape:
             roots=tuple(i for i, job in enumerate(jobs) if not job.depends_on),
             final=sinks[-1],
         )
+
+
+def _given(inputs: list[Video | None]) -> tuple[Video, ...]:
+    """The videos a job was given (all of them once it is ready, bar a variant's root transform
+    whose base ended without one)."""
+    if None not in inputs:
+        return cast("tuple[Video, ...]", tuple(inputs))
+    return tuple(v for v in inputs if v is not None)
 
 
 class Step:
@@ -408,7 +416,7 @@ class Scheduler:
             job_id=ref[1],
             type=job.type,
             params=job.params,
-            inputs=tuple(v for v in job.inputs if v is not None),
+            inputs=_given(job.inputs),
             attempt=job.attempts,
             idempotency_key=f"{ref[0]}/{ref[1]}",
         )

@@ -62,14 +62,28 @@ class Workers:
             self._timer_wake.set()
 
     async def work(self) -> None:
-        """One worker: run jobs until cancelled."""
+        """One worker: run jobs until cancelled.
+
+        The worker's cancel scope lives across jobs, not one per job (a scope costs as much as
+        the rest of a job's bookkeeping): :meth:`abort` cancels it only while the job is inside
+        its provider call, the one place the worker awaits with a job to stop, and the worker
+        opens a fresh scope after a cancelled call.
+        """
         queue = self.queue
         while True:
-            ref = await queue.pop()
-            await self.run(ref)
+            with anyio.CancelScope() as scope:
+                while not scope.cancel_called:
+                    ref = await queue.pop()
+                    await self.run(ref, scope)
 
-    async def run(self, ref: JobRef) -> None:
-        """Run the next attempt of one job, if it may run now."""
+    async def run(self, ref: JobRef, scope: anyio.CancelScope) -> None:
+        """Run the next attempt of one job, if it may run now.
+
+        ``scope`` (the worker's) is cancelled by :meth:`abort` while the provider call runs. The
+        cancellation leaves this method and ends the scope; a provider that swallowed it, or
+        returned just before it, has its outcome dropped here (the job was aborted), and the
+        worker leaves the cancelled scope before it awaits anything else.
+        """
         scheduler = self.scheduler
         started = scheduler.start(ref, self.clock.now())
         if started is None:
@@ -79,15 +93,15 @@ class Workers:
         if not scheduler.holds(ref, request.attempt):
             return  # the execution ended (cancelled, failed) while the start was being written
         outcome: Exception | None = None
-        with anyio.CancelScope() as scope:
-            self._running[ref] = scope
-            try:
-                video = await self.provider.run(request)
-            except Exception as exc:  # every provider failure is recorded, none escapes
-                outcome = exc
-            finally:
-                del self._running[ref]
-        if scope.cancelled_caught:
+        self._running[ref] = scope
+        try:
+            video = await self.provider.run(request)
+        except Exception as exc:  # every provider failure is recorded, none escapes
+            outcome = exc
+        finally:
+            # No await from here until the scope is left if the call was cancelled.
+            del self._running[ref]
+        if scope.cancel_called:
             return
         now = self.clock.now()
         if outcome is None:

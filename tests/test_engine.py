@@ -289,6 +289,54 @@ async def test_cancel_stops_running_jobs_and_fails_dependents() -> None:
     assert [c.job_id for c in provider.calls] == ["job1"]
 
 
+class SwallowingProvider:
+    """Catches the cancellation of its first call and returns a video anyway, as a careless
+    provider might; every later call passes one checkpoint (where a cancellation would land)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.swallowed = 0
+
+    async def run(self, request: JobRequest) -> Video:
+        self.calls.append(f"{request.execution_id}/{request.job_id}")
+        if len(self.calls) == 1:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                self.swallowed += 1
+        else:
+            await anyio.lowlevel.checkpoint()
+        return Video("fake://swallowed.mp4", 1.0, "16:9", 1280, 720)
+
+
+async def test_a_worker_goes_on_after_a_provider_swallows_its_cancellation() -> None:
+    # One worker: after the cancelled call it must leave its cancelled scope before it runs the
+    # next job, already queued (inside that scope the job's provider call would be cancelled at
+    # its first checkpoint and the job left running forever); the swallowed call's video is
+    # dropped (the job was cancelled, not completed).
+    provider = SwallowingProvider()
+    async with Engine.in_memory(
+        provider=provider, notifier=RecordingNotifier(), concurrency=1
+    ) as engine:
+        first = await compose(generate_video(prompt="a"), reframe(aspect_ratio="1:1")).execute(
+            engine
+        )
+        await anyio.wait_all_tasks_blocked()
+        second = await compose(generate_video(prompt="b"), reframe(aspect_ratio="1:1")).execute(
+            engine
+        )
+        await engine.cancel(first.id)
+        with pytest.raises(ExecutionFailed) as cancelled:
+            await first.wait(timeout=5)
+        result = await second.wait(timeout=5)
+        record = await engine.get(first.id)
+    assert cancelled.value.status == "cancelled"
+    assert provider.swallowed == 1
+    assert [job.status for job in record.jobs] == ["cancelled", "cancelled"]
+    assert result.url == "fake://swallowed.mp4"
+    assert provider.calls == [f"{first.id}/job1", f"{second.id}/job1", f"{second.id}/job2"]
+
+
 async def test_resume_after_failure() -> None:
     provider = FakeVideoProvider()
     provider.fail_next("job3", retryable=False)
