@@ -39,6 +39,8 @@ from engine import ConfigError, VideoProvider
 
 #: The names ``--provider`` takes besides ``module:attribute``.
 NAMED = ("fake", "ffmpeg", "http")
+#: The hosted models among them: their results are kept (``contrib.keep``) with ``--output-dir``.
+HOSTED = frozenset({"http"})
 #: What ``--provider fake`` prints on stderr.
 FAKE_WARNING = (
     "warning: --provider fake: results are NOT real videos (fake:// URLs); "

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from contrib.results import DEFAULT_TTL, DEFAULT_WEBHOOK_TTL, ResultLinks
@@ -84,6 +84,13 @@ def add_result_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--s3-prefix", default="", metavar="PREFIX", help="key prefix in the bucket")
 
 
+#: Logged when a hosted model's results cannot be kept (no ``--output-dir``).
+UNKEPT_WARNING = (
+    "results stay at the hosted model's own URLs, which expire (Replicate deletes outputs after "
+    "about an hour): give --output-dir DIR to keep each result on this server"
+)
+
+
 def result_setup(
     provider: VideoProvider,
     *,
@@ -96,11 +103,18 @@ def result_setup(
     s3_endpoint_url: str | None = None,
     s3_prefix: str = "",
     environ: Mapping[str, str] | None = None,
+    keep_results: bool = False,
+    allowed_networks: Sequence[str] = (),
 ) -> tuple[VideoProvider, ResultLinks]:
     """The provider to run (wrapped to upload to S3 when a bucket is set) and the links.
 
     The links serve files under ``output_dir`` (the provider's, or on an API node the
     directory the workers share), or the provider's own ``output_dir`` when not given.
+    ``keep_results`` (a hosted model's provider, whose output URLs expire): with an
+    ``output_dir``, each result is copied there before its job completes and inputs reach the
+    model as signed links (:class:`contrib.keep.KeepingProvider`, downloading through the SSRF
+    guard with ``allowed_networks``); without one, a warning says results stay at the model's
+    URLs.
     """
     env = os.environ if environ is None else environ
     public_url = public_url or env.get("VIDEOFLOW_PUBLIC_URL") or None
@@ -113,14 +127,25 @@ def result_setup(
         root = found if isinstance(found, str | Path) else None
     store = None
     if s3_bucket is not None:
-        from contrib.s3 import S3Store, S3UploadingProvider
+        from contrib.s3 import S3Store
 
         store = S3Store(s3_bucket, prefix=s3_prefix, endpoint_url=s3_endpoint_url)
-        if root is not None:
-            provider = S3UploadingProvider(provider, store, output_dir=root)
     links = ResultLinks(
         root=root, secret=secret, ttl=ttl, webhook_ttl=webhook_ttl, public_url=public_url, s3=store
     )
+    if keep_results and root is not None:
+        from contrib.keep import KeepingProvider
+
+        Path(root).mkdir(parents=True, exist_ok=True)
+        provider = KeepingProvider(
+            provider, root, links=links, allowed_networks=tuple(allowed_networks)
+        )
+    elif keep_results:
+        log.warning(UNKEPT_WARNING)
+    if store is not None and root is not None:
+        from contrib.s3 import S3UploadingProvider
+
+        provider = S3UploadingProvider(provider, store, output_dir=root)
     if links.ephemeral and store is None and links.root is not None:
         log.warning(EPHEMERAL_WARNING)
     return provider, links

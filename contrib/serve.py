@@ -241,7 +241,7 @@ async def run(
     (the links videos are shown at)."""
     from adapters.http import HttpNotifier
     from contrib.asgi import create_app
-    from contrib.providers import load_provider
+    from contrib.providers import HOSTED, load_provider
     from contrib.result_options import result_setup
     from contrib.results import ResultLinkNotifier
     from engine import Engine
@@ -253,7 +253,13 @@ async def run(
         allowed_networks=allowed_networks,
         config_file=provider_config,
     )
-    provider, links = result_setup(provider, output_dir=output_dir, **(results or {}))
+    provider, links = result_setup(
+        provider,
+        output_dir=output_dir,
+        keep_results=provider_spec in HOSTED,
+        allowed_networks=allowed_networks,
+        **(results or {}),
+    )
     if links.public_url is None and port != 0:
         links.server_url = _own_url(host, port)
     notifier = ResultLinkNotifier(HttpNotifier(allowed_networks=tuple(allowed_networks)), links)

@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from contrib.providers import NAMED, load_provider
+from contrib.providers import HOSTED, NAMED, load_provider
 from contrib.result_options import add_result_options, require_webhook_links, result_setup
 from contrib.results import ResultLinkNotifier
 from engine import ConfigError, Engine, StorageError
@@ -70,7 +70,11 @@ def add_provider_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="settings of --provider http (JSON, or TOML by its .toml name; see contrib.providers)",
     )
-    parser.add_argument("--output-dir", help="where --provider ffmpeg writes its videos")
+    parser.add_argument(
+        "--output-dir",
+        help="where --provider ffmpeg writes its videos, and where a hosted model's (--provider "
+        "http) are kept: its output URLs expire",
+    )
     parser.add_argument(
         "--allow-input-dir",
         "--input-dir",
@@ -118,7 +122,13 @@ async def run(
         allowed_networks=allowed_networks,
         config_file=provider_config,
     )
-    provider, links = result_setup(provider, output_dir=output_dir, **(results or {}))
+    provider, links = result_setup(
+        provider,
+        output_dir=output_dir,
+        keep_results=provider_spec in HOSTED,
+        allowed_networks=allowed_networks,
+        **(results or {}),
+    )
     require_webhook_links(links)
     engine = Engine.postgres(
         dsn,
