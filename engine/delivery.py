@@ -78,7 +78,9 @@ class Delivery:
         self._backing_off: set[str] = set()  # event ids whose last attempt asked for a retry
         self._cut_short: set[str] = set()  # executions whose delivery the engine's stop cut short
         self._undelivered = 0
-        self._delivered = anyio.Event()
+        #: Set on each settled attempt; made only while a drain waits (one per delivery would
+        #: cost as much as the rest of an execution's bookkeeping).
+        self._delivered: anyio.Event | None = None
         self._send_stream: MemoryObjectSendStream[Notification] | None = None
         self._receive_stream: MemoryObjectReceiveStream[Notification] | None = None
 
@@ -136,6 +138,8 @@ class Delivery:
         leave_retries = self.storage.durable
         with anyio.move_on_after(grace, shield=True):
             while self._undelivered - (len(self._backing_off) if leave_retries else 0) > 0:
+                if self._delivered is None:
+                    self._delivered = anyio.Event()
                 await self._delivered.wait()
 
     def cut_short(self) -> list[str]:
@@ -144,8 +148,9 @@ class Delivery:
         return sorted(self._cut_short)
 
     def _wake(self) -> None:
-        self._delivered.set()
-        self._delivered = anyio.Event()
+        if self._delivered is not None:
+            self._delivered.set()
+            self._delivered = None
 
     async def _deliver_from(self, receive: MemoryObjectReceiveStream[Notification]) -> None:
         with receive:

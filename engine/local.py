@@ -157,8 +157,9 @@ class LocalDispatch:
         An execution with a webhook that ends here gets its webhook event queued in the outbox in
         the same write, so the event survives a crash right after it.
         """
-        notifications = [notification_for(ended) for ended in step.ended] if step.ended else []
-        if notifications:
+        ended = step.ended
+        if ended:
+            notifications = [notification_for(e) for e in ended]
             step.changes.extend(self.delivery.outbox_changes(notifications))
         if step.changes:
             try:
@@ -166,9 +167,10 @@ class LocalDispatch:
             except LeaseLost as lost:
                 self.ownership.lose(lost.execution_ids)
                 _without(step, lost.execution_ids)
+                ended = step.ended
                 if step.changes:
                     await self.storage.apply(step.changes, owner=self.owner)
-        if step.ended:
+        if ended:
             self.scheduler.written(step)
         if step.ready:
             await self.queue.push(step.ready)
@@ -178,10 +180,10 @@ class LocalDispatch:
             self.workers.abort(step.abort)
         if step.progressed and self.listeners:
             self.listeners.progressed(step.progressed, self.scheduler.progress)
-        if step.ended:
+        if ended:
             by_execution = {n.execution_id: n for n in notifications}
-            for ended in step.ended:
-                self._ended(ended, by_execution[ended.execution_id])
+            for e in ended:
+                self._ended(e, by_execution[e.execution_id])
 
     def _ended(self, ended: Ended, notification: Notification) -> None:
         self._on_ended(ended)

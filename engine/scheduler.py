@@ -92,6 +92,9 @@ class PlanShape:
         )
 
 
+_NO_INPUTS: list[Video | None] = []
+
+
 def _given(inputs: list[Video | None]) -> tuple[Video, ...]:
     """The videos a job was given (all of them once it is ready, bar a variant's root transform
     whose base ended without one)."""
@@ -146,7 +149,11 @@ class _Job:
         self.status: JobStatus = info.status
         self.attempts = info.attempts
         self.waiting = waiting
-        self.inputs: list[Video | None] = [None] * len(info.depends_on)
+        # A job without dependencies shares one empty list (never grown: inputs are set by
+        # index, or the list replaced); most jobs of a plan are roots.
+        self.inputs: list[Video | None] = (
+            [None] * len(info.depends_on) if info.depends_on else _NO_INPUTS
+        )
         self.started_at = info.started_at
         self.finished_at = info.finished_at
         self.result = info.result

@@ -18,18 +18,22 @@ class RecordingNotifier:
     """
 
     deliveries: list[Notification] = field(factory=list, init=False)
-    _arrived: anyio.Event = field(factory=anyio.Event, init=False)
+    #: Set when a notification arrives; made only while someone waits.
+    _arrived: anyio.Event | None = field(default=None, init=False)
 
     async def notify(
         self, notification: Notification, record: AttemptRecorder | None = None
     ) -> None:
         self.deliveries.append(notification)
-        self._arrived.set()
-        self._arrived = anyio.Event()
+        if self._arrived is not None:
+            self._arrived.set()
+            self._arrived = None
 
     async def wait_for(self, count: int) -> list[Notification]:
         """Wait until at least ``count`` notifications have arrived; return them all."""
         while len(self.deliveries) < count:
+            if self._arrived is None:
+                self._arrived = anyio.Event()
             await self._arrived.wait()
         return list(self.deliveries)
 

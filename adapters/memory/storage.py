@@ -87,6 +87,9 @@ class MemoryStorage:
     _counts: Counter[str] = field(factory=Counter, init=False)
     _tenant_counts: Counter[tuple[str | None, str]] = field(factory=Counter, init=False)
     _job_ids: dict[str, frozenset[str]] = field(factory=dict, init=False)
+    _last_job_ids: tuple[tuple[JobInfo, ...], frozenset[str]] | None = field(
+        default=None, init=False
+    )
     # Creation order, for "oldest first".
     _seq: dict[str, int] = field(factory=dict, init=False)
     # Executions pending or processing.
@@ -141,7 +144,7 @@ class MemoryStorage:
         self._executions[execution_id] = execution
         self._pending[execution_id] = {}
         self._status[execution_id] = execution.status
-        self._job_ids[execution_id] = frozenset(job.id for job in execution.jobs)
+        self._job_ids[execution_id] = self._job_id_set(execution.jobs)
         self._seq[execution_id] = len(self._seq)
         self._counts[execution.status] += 1
         self._tenant_counts[execution.tenant, execution.status] += 1
@@ -152,6 +155,16 @@ class MemoryStorage:
             lease = math.inf if lease_until is None else lease_until
             self._hold(execution_id, owner, lease, unfinished)
         return execution
+
+    def _job_id_set(self, jobs: tuple[JobInfo, ...]) -> frozenset[str]:
+        """The ids of ``jobs``, shared by executions of one plan (the engine hands them the same
+        job records): one set, not one per execution."""
+        last = self._last_job_ids
+        if last is not None and last[0] is jobs:
+            return last[1]
+        ids = frozenset(job.id for job in jobs)
+        self._last_job_ids = (jobs, ids)
+        return ids
 
     async def get(self, execution_id: str) -> Execution | None:
         if execution_id not in self._executions:
@@ -486,6 +499,7 @@ class MemoryStorage:
         self._counts.clear()
         self._tenant_counts.clear()
         self._job_ids.clear()
+        self._last_job_ids = None
         self._seq.clear()
         self._open.clear()
         self._holder.clear()
